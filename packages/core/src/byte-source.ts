@@ -1,0 +1,95 @@
+import type { AbortOptions } from './abort.js'
+import { hasMarker, LlmeshError } from './errors.js'
+
+/**
+ * Where a blob's bytes can come from: an HTTP mirror, a local file, a libp2p peer. The downloader
+ * asks any mix of sources for ranges of one blob and verifies every piece itself, so a source
+ * only has to deliver bytes; it never decides what is right.
+ */
+export interface ByteSource {
+  /** Stable id for statistics and blame, for example `https://mirror.example/x.gguf` or a peer id. */
+  readonly id: string
+  /** What kind of source this is, for logs and per-kind policies. */
+  readonly kind: 'http' | 'file' | 'peer' | (string & {})
+  /**
+   * Streams bytes [start, end) of the blob whose sha256 is `digest` (64 lowercase hex).
+   * Yields exactly `end - start` bytes in order or throws a `ByteSourceError`.
+   */
+  read(request: ByteRangeRequest): AsyncIterable<Uint8Array>
+  /** Whether this source can serve `digest`, when it can tell cheaply (a peer's piece list). */
+  has?(digest: string, options?: AbortOptions): Promise<boolean>
+}
+
+export interface ByteRangeRequest extends AbortOptions {
+  digest: string
+  /** First byte, inclusive. */
+  start: number
+  /** Last byte, exclusive. */
+  end: number
+}
+
+/** Why a source could not deliver, and so what the caller should do next. */
+export type ByteSourceFailure =
+  /** The source does not have this blob: ask another one, not this one. */
+  | 'not-found'
+  /** Temporary trouble (network, 5xx, 429, busy peer): this source may work later, others now. */
+  | 'unavailable'
+  /** The range lies outside the blob: a caller bug or wrong size; nobody will serve it. */
+  | 'range-not-satisfiable'
+  /** The source answered with something that is not the blob (wrong size, HTML page, bad bytes). */
+  | 'misbehaved'
+  /** The source refuses this client (401, 403, banned): retrying here will not help. */
+  | 'forbidden'
+
+const byteSourceMarker = Symbol.for('llmesh.error.ByteSourceError')
+
+const codes: Record<ByteSourceFailure, string> = {
+  'not-found': 'LLMESH_SOURCE_NOT_FOUND',
+  unavailable: 'LLMESH_SOURCE_UNAVAILABLE',
+  'range-not-satisfiable': 'LLMESH_RANGE_NOT_SATISFIABLE',
+  misbehaved: 'LLMESH_SOURCE_MISBEHAVED',
+  forbidden: 'LLMESH_SOURCE_FORBIDDEN',
+}
+
+/**
+ * A byte source failed. `isRetryable` says whether this same source may succeed later;
+ * `tryElsewhere` says whether another source may succeed now.
+ */
+export class ByteSourceError extends LlmeshError {
+  private readonly [byteSourceMarker] = true
+  readonly failure: ByteSourceFailure
+  readonly source: string
+  readonly digest: string | undefined
+  readonly statusCode: number | undefined
+  readonly tryElsewhere: boolean
+  /** A delay the source asked for (HTTP `Retry-After`), honoured by `retry()`. */
+  readonly retryAfterMs: number | undefined
+
+  constructor(options: {
+    failure: ByteSourceFailure
+    source: string
+    message: string
+    digest?: string
+    statusCode?: number
+    retryAfterMs?: number
+    cause?: unknown
+  }) {
+    super({
+      code: codes[options.failure],
+      message: options.message,
+      cause: options.cause,
+      isRetryable: options.failure === 'unavailable',
+    })
+    this.name = 'ByteSourceError'
+    this.failure = options.failure
+    this.source = options.source
+    this.digest = options.digest
+    this.statusCode = options.statusCode
+    this.retryAfterMs = options.retryAfterMs
+    this.tryElsewhere = options.failure !== 'range-not-satisfiable'
+  }
+
+  static override isInstance(error: unknown): error is ByteSourceError {
+    return hasMarker(error, byteSourceMarker)
+  }
+}
