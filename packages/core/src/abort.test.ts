@@ -44,7 +44,13 @@ describe('abort helpers', () => {
     expect(isAbortError(new DOMException('x', 'TimeoutError'))).toBe(true)
     expect(isAbortError(Object.assign(new Error('x'), { code: 'ABORT_ERR' }))).toBe(true)
     expect(
-      isAbortError(new LlmeshError({ code: 'WRAPPED', message: 'w', cause: new DOMException('x', 'AbortError') })),
+      isAbortError(
+        new LlmeshError({
+          code: 'WRAPPED',
+          message: 'w',
+          cause: new DOMException('x', 'AbortError'),
+        }),
+      ),
     ).toBe(true)
     expect(isAbortError(new Error('ECONNRESET'))).toBe(false)
     expect(isAbortError(undefined)).toBe(false)

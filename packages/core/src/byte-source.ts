@@ -56,7 +56,7 @@ const codes: Record<ByteSourceFailure, string> = {
  * `tryElsewhere` says whether another source may succeed now.
  */
 export class ByteSourceError extends LlmeshError {
-  private readonly [byteSourceMarker] = true
+  protected readonly [byteSourceMarker] = true
   readonly failure: ByteSourceFailure
   readonly source: string
   readonly digest: string | undefined

@@ -5,7 +5,12 @@ import { AbortedError, InvalidArgumentError, LlmeshError } from './errors.js'
 describe('LlmeshError', () => {
   it('carries a stable code, cause and retryability', () => {
     const cause = new Error('socket hang up')
-    const error = new LlmeshError({ code: 'LLMESH_TEST', message: 'failed', cause, isRetryable: true })
+    const error = new LlmeshError({
+      code: 'LLMESH_TEST',
+      message: 'failed',
+      cause,
+      isRetryable: true,
+    })
     expect(error).toBeInstanceOf(Error)
     expect(error.code).toBe('LLMESH_TEST')
     expect(error.cause).toBe(cause)
@@ -55,7 +60,11 @@ describe('ByteSourceError', () => {
     const make = (failure: ByteSourceError['failure']) =>
       new ByteSourceError({ failure, source: 's', message: failure })
     expect(make('unavailable')).toMatchObject({ isRetryable: true, tryElsewhere: true })
-    expect(make('not-found')).toMatchObject({ isRetryable: false, tryElsewhere: true, code: 'LLMESH_SOURCE_NOT_FOUND' })
+    expect(make('not-found')).toMatchObject({
+      isRetryable: false,
+      tryElsewhere: true,
+      code: 'LLMESH_SOURCE_NOT_FOUND',
+    })
     expect(make('misbehaved')).toMatchObject({ isRetryable: false, tryElsewhere: true })
     expect(make('forbidden')).toMatchObject({ isRetryable: false, tryElsewhere: true })
     expect(make('range-not-satisfiable')).toMatchObject({ isRetryable: false, tryElsewhere: false })

@@ -19,7 +19,7 @@ export interface LlmeshErrorOptions {
 }
 
 export class LlmeshError extends Error {
-  private readonly [baseMarker] = true
+  protected readonly [baseMarker] = true
   readonly code: string
   readonly isRetryable: boolean
 
@@ -66,11 +66,19 @@ const invalidArgumentMarker = Symbol.for('llmesh.error.InvalidArgumentError')
 
 /** An argument of a public function failed validation. `argument` names it, with a path inside it. */
 export class InvalidArgumentError extends LlmeshError {
-  private readonly [invalidArgumentMarker] = true
+  protected readonly [invalidArgumentMarker] = true
   readonly argument: string
 
-  constructor({ argument, message, cause }: { argument: string; message: string; cause?: unknown }) {
-    super({ code: 'LLMESH_INVALID_ARGUMENT', message: `Invalid argument ${argument}: ${message}`, cause })
+  constructor({
+    argument,
+    message,
+    cause,
+  }: { argument: string; message: string; cause?: unknown }) {
+    super({
+      code: 'LLMESH_INVALID_ARGUMENT',
+      message: `Invalid argument ${argument}: ${message}`,
+      cause,
+    })
     this.name = 'InvalidArgumentError'
     this.argument = argument
   }
@@ -84,9 +92,12 @@ const abortedMarker = Symbol.for('llmesh.error.AbortedError')
 
 /** An operation stopped because its AbortSignal fired; `reason` is the signal's reason. */
 export class AbortedError extends LlmeshError {
-  private readonly [abortedMarker] = true
+  protected readonly [abortedMarker] = true
 
-  constructor({ message = 'The operation was aborted', cause }: { message?: string; cause?: unknown } = {}) {
+  constructor({
+    message = 'The operation was aborted',
+    cause,
+  }: { message?: string; cause?: unknown } = {}) {
     super({ code: 'LLMESH_ABORTED', message, cause })
     this.name = 'AbortError'
   }

@@ -21,15 +21,34 @@
  * log('received %d bytes', body.byteLength)
  * ```
  */
-export { type AbortOptions, abortReason, anySignal, isAbortError, sleep, throwIfAborted, timeoutSignal } from './abort.js'
+export {
+  type AbortOptions,
+  abortReason,
+  anySignal,
+  isAbortError,
+  sleep,
+  throwIfAborted,
+  timeoutSignal,
+} from './abort.js'
 export {
   type ByteRangeRequest,
   type ByteSource,
   ByteSourceError,
   type ByteSourceFailure,
 } from './byte-source.js'
-export { AbortedError, hasMarker, InvalidArgumentError, LlmeshError, type LlmeshErrorOptions } from './errors.js'
+export {
+  AbortedError,
+  hasMarker,
+  InvalidArgumentError,
+  LlmeshError,
+  type LlmeshErrorOptions,
+} from './errors.js'
 export { createLogger, enableLogging, type Logger } from './logger.js'
-export { CustomProgressEvent, emitProgress, type ProgressEvent, type ProgressOptions } from './progress.js'
+export {
+  CustomProgressEvent,
+  emitProgress,
+  type ProgressEvent,
+  type ProgressOptions,
+} from './progress.js'
 export { backoffDelay, isRetryableError, type RetryOptions, retry } from './retry.js'
 export { formatIssuePath, parseArgument } from './validation.js'

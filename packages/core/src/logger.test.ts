@@ -22,7 +22,9 @@ describe('createLogger', () => {
       expect(log.enabled).toBe(true)
       log('node %s joined', 'n1')
       log.error('heartbeat failed')
-      expect(written.some((line) => line.includes('llmesh:registry') && line.includes('node n1 joined'))).toBe(true)
+      expect(
+        written.some((line) => line.includes('llmesh:registry') && line.includes('node n1 joined')),
+      ).toBe(true)
       expect(written.some((line) => line.includes('llmesh:registry:error'))).toBe(true)
     } finally {
       createDebug.log = originalLog

@@ -6,7 +6,10 @@ type HashEvent = ProgressEvent<'manifest:file-hashed', { path: string; bytes: nu
 describe('emitProgress', () => {
   it('delivers typed events and survives a throwing listener', () => {
     const seen: HashEvent[] = []
-    emitProgress<HashEvent>({ onProgress: (event) => seen.push(event) }, 'manifest:file-hashed', { path: 'a', bytes: 3 })
+    emitProgress<HashEvent>({ onProgress: (event) => seen.push(event) }, 'manifest:file-hashed', {
+      path: 'a',
+      bytes: 3,
+    })
     expect(seen).toHaveLength(1)
     expect(seen[0]?.type).toBe('manifest:file-hashed')
     expect(seen[0]?.detail).toEqual({ path: 'a', bytes: 3 })

@@ -88,7 +88,14 @@ describe('backoffDelay', () => {
   })
 
   it("waits at least as long as the server's Retry-After", () => {
-    const error = new ByteSourceError({ failure: 'unavailable', source: 's', message: '429', retryAfterMs: 3000 })
-    expect(backoffDelay({ attempt: 0, minDelay: 10, maxDelay: 60_000, random: () => 0, error })).toBe(3000)
+    const error = new ByteSourceError({
+      failure: 'unavailable',
+      source: 's',
+      message: '429',
+      retryAfterMs: 3000,
+    })
+    expect(
+      backoffDelay({ attempt: 0, minDelay: 10, maxDelay: 60_000, random: () => 0, error }),
+    ).toBe(3000)
   })
 })
