@@ -505,27 +505,20 @@ class ByteWriter {
 
   metadataValue(entry: MetadataValue): void {
     this.uint32(valueTypes[entry.type])
-    switch (entry.type) {
-      case 'uint32':
-        return this.uint32(entry.value)
-      case 'int32':
-        return this.int32(entry.value)
-      case 'float32':
-        return this.float32(entry.value)
-      case 'bool':
-        this.reserve(1)
-        this.length = this.buffer.writeUInt8(entry.value ? 1 : 0, this.length)
-        return
-      case 'string':
-        return this.string(entry.value)
-      case 'array': {
-        this.uint32(valueTypes[entry.itemType])
-        this.uint64(entry.value.length)
-        for (const item of entry.value) {
-          if (entry.itemType === 'string') this.string(item as string)
-          else if (entry.itemType === 'float32') this.float32(item as number)
-          else this.int32(item as number)
-        }
+    if (entry.type === 'uint32') this.uint32(entry.value)
+    else if (entry.type === 'int32') this.int32(entry.value)
+    else if (entry.type === 'float32') this.float32(entry.value)
+    else if (entry.type === 'string') this.string(entry.value)
+    else if (entry.type === 'bool') {
+      this.reserve(1)
+      this.length = this.buffer.writeUInt8(entry.value ? 1 : 0, this.length)
+    } else {
+      this.uint32(valueTypes[entry.itemType])
+      this.uint64(entry.value.length)
+      for (const item of entry.value) {
+        if (entry.itemType === 'string') this.string(item as string)
+        else if (entry.itemType === 'float32') this.float32(item as number)
+        else this.int32(item as number)
       }
     }
   }
