@@ -73,7 +73,9 @@ const CHAT_TEMPLATE =
   "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
 
 type MetadataValue =
-  | { type: 'uint32' | 'int32' | 'float32'; value: number }
+  | { type: 'uint32'; value: number }
+  | { type: 'int32'; value: number }
+  | { type: 'float32'; value: number }
   | { type: 'bool'; value: boolean }
   | { type: 'string'; value: string }
   | { type: 'array'; itemType: 'string'; value: string[] }
