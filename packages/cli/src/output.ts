@@ -1,0 +1,50 @@
+import { LlmeshError } from '@llmesh/core'
+
+/** Where a command writes: stdout for results, stderr for progress and messages. */
+export interface CommandIo {
+  stdout: (text: string) => void
+  stderr: (text: string) => void
+  /** Whether stderr is a terminal (progress bars only make sense there). */
+  interactive: boolean
+}
+
+export const processIo: CommandIo = {
+  stdout: (text) => process.stdout.write(text),
+  stderr: (text) => process.stderr.write(text),
+  interactive: process.stderr.isTTY === true,
+}
+
+/** Prints a command's result: one JSON document with `--json`, else the human text. */
+export class Output {
+  constructor(
+    readonly io: CommandIo,
+    readonly json: boolean,
+  ) {}
+
+  result(value: unknown, human: string): void {
+    this.io.stdout(this.json ? `${JSON.stringify(value, null, 2)}\n` : `${human}\n`)
+  }
+
+  /** A message for the person at the terminal; silent in JSON mode so that stdout stays parseable. */
+  info(text: string): void {
+    if (!this.json) this.io.stderr(`${text}\n`)
+  }
+
+  error(error: unknown): void {
+    const described = describeError(error)
+    if (this.json) this.io.stdout(`${JSON.stringify({ error: described }, null, 2)}\n`)
+    else {
+      this.io.stderr(`error: ${described.message}\n`)
+      const issues = (described as { issues?: Array<{ path: string; message: string }> }).issues
+      if (issues !== undefined && issues.length > 1)
+        for (const issue of issues) this.io.stderr(`  ${issue.path}: ${issue.message}\n`)
+    }
+  }
+}
+
+function describeError(error: unknown): Record<string, unknown> & { message: string } {
+  if (LlmeshError.isInstance(error))
+    return error.toJSON() as Record<string, unknown> & { message: string }
+  if (error instanceof Error) return { name: error.name, message: error.message }
+  return { message: String(error) }
+}

@@ -1,0 +1,71 @@
+import { enableLogging } from '@llmesh/core'
+import { Command, CommanderError } from 'commander'
+import { registerKeyCommands } from './commands/keys.js'
+import { registerManifestCommands } from './commands/manifest.js'
+import { registerTestkitCommands } from './commands/testkit.js'
+import { exitCodeFor, exitCodes } from './exit-codes.js'
+import { type CommandIo, Output, processIo } from './output.js'
+
+export const version = __PACKAGE_VERSION__
+
+/** What every command receives: its IO, the global options and a signal for Ctrl-C. */
+export interface CommandContext {
+  io: CommandIo
+  signal: AbortSignal
+  output(): Output
+}
+
+/** Builds the `llmesh` command tree. Later packages add their commands here. */
+export function createProgram(context: CommandContext): Command {
+  const program = new Command('llmesh')
+    .description(
+      'Get local LLM model files to the machines that run them, prove they work, and route requests to them.',
+    )
+    .version(version, '-V, --version', 'print the version')
+    .option('--json', 'print results as JSON on stdout (errors too), for scripts')
+    .option('--debug [namespaces]', 'print debug logs on stderr (default llmesh:*)')
+    .showHelpAfterError('(run with --help for usage)')
+    .configureOutput({ writeOut: context.io.stdout, writeErr: context.io.stderr })
+    .exitOverride()
+    .hook('preAction', (command) => {
+      const { debug } = command.optsWithGlobals() as { debug?: string | true }
+      if (debug !== undefined) enableLogging(debug === true ? 'llmesh:*' : debug)
+    })
+  registerManifestCommands(program, context)
+  registerKeyCommands(program, context)
+  registerTestkitCommands(program, context)
+  for (const command of allCommands(program))
+    command
+      .exitOverride()
+      .configureOutput({ writeOut: context.io.stdout, writeErr: context.io.stderr })
+  return program
+}
+
+function allCommands(command: Command): Command[] {
+  return command.commands.flatMap((child) => [child, ...allCommands(child)])
+}
+
+/**
+ * Runs `llmesh` with `argv` (without node and script) and returns the exit code; never calls
+ * `process.exit`, so tests and embedding apps can run it in-process.
+ */
+export async function run(
+  argv: string[],
+  {
+    io = processIo,
+    signal = new AbortController().signal,
+  }: { io?: CommandIo; signal?: AbortSignal } = {},
+): Promise<number> {
+  const json = argv.includes('--json')
+  const output = new Output(io, json)
+  const program = createProgram({ io, signal, output: () => output })
+  try {
+    await program.parseAsync(argv, { from: 'user' })
+    return exitCodes.success
+  } catch (error) {
+    if (error instanceof CommanderError)
+      return error.exitCode === 0 ? exitCodes.success : exitCodes.usage
+    output.error(error)
+    return exitCodeFor(error)
+  }
+}
