@@ -279,9 +279,8 @@ export function verifyManifest(
   trusted: ReadonlyArray<TrustedKey>,
   options: { source?: string; allowInsecureMirrors?: boolean } = {},
 ): VerifiedManifest {
-  const document = readDocument(input, options)
-  const signer = assertVerified(document, trusted, options.source)
-  return { manifest: parseManifest(document, options), ...signer }
+  const { value, ...signer } = verifyThenParse(input, trusted, options, parseManifest)
+  return { manifest: value, ...signer }
 }
 
 export function verifyCatalog(
@@ -289,7 +288,18 @@ export function verifyCatalog(
   trusted: ReadonlyArray<TrustedKey>,
   options: { source?: string; allowInsecureMirrors?: boolean } = {},
 ): { catalog: Catalog; keyId: string; keyName: string | undefined } {
+  const { value, ...signer } = verifyThenParse(input, trusted, options, parseCatalog)
+  return { catalog: value, ...signer }
+}
+
+/** The signature is checked on the document as received, before validation applies defaults. */
+function verifyThenParse<Value>(
+  input: unknown,
+  trusted: ReadonlyArray<TrustedKey>,
+  options: { source?: string; allowInsecureMirrors?: boolean },
+  parse: (document: unknown, options: { source?: string; allowInsecureMirrors?: boolean }) => Value,
+): { value: Value; keyId: string; keyName: string | undefined } {
   const document = readDocument(input, options)
   const signer = assertVerified(document, trusted, options.source)
-  return { catalog: parseCatalog(document, options), ...signer }
+  return { value: parse(document, options), ...signer }
 }

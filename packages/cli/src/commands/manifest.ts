@@ -192,14 +192,15 @@ export function registerManifestCommands(program: Command, context: CommandConte
       const trusted = await Promise.all(
         options.trust.map(async (path) => importTrustedKey(await readFile(path, 'utf8'), path)),
       )
-      const bytes = await readFile(file)
       const parseOptions = {
         source: file,
         allowInsecureMirrors: options.allowInsecureMirrors === true,
       }
-      const verified = isCatalog(readDocument(bytes, parseOptions))
-        ? verifyCatalog(bytes, trusted, parseOptions)
-        : verifyManifest(bytes, trusted, parseOptions)
+      // Read the text once; the verify functions accept the parsed value as well as text.
+      const document = readDocument(await readFile(file), parseOptions)
+      const verified = isCatalog(document)
+        ? verifyCatalog(document, trusted, parseOptions)
+        : verifyManifest(document, trusted, parseOptions)
       output.result(
         { valid: true, keyId: verified.keyId, key: verified.keyName },
         `${file}: signature valid, signed by ${verified.keyId} (${verified.keyName})`,
