@@ -221,9 +221,29 @@ export function createSchemas({ allowInsecureMirrors = false }: SchemaOptions = 
       endpoints: z.array(mirrorUrlSchema).default([]),
       updatedAt: isoDateSchema.optional(),
       models: z.array(manifestSchema),
+      /**
+       * Models a client must hold before it counts as ready (`llmesh precache`): `id` (the highest
+       * version of that id in this catalog) or `id@version`.
+       */
+      required: z.array(z.string().min(1).max(300)).default([]),
       signatures: z.array(signatureSchema).optional(),
     })
     .superRefine((catalog, context) => {
+      catalog.required.forEach((reference, index) => {
+        const at = reference.lastIndexOf('@')
+        const id = at > 0 ? reference.slice(0, at) : reference
+        const version = at > 0 ? reference.slice(at + 1) : undefined
+        if (
+          !catalog.models.some(
+            (model) => model.id === id && (version === undefined || model.version === version),
+          )
+        )
+          context.addIssue({
+            code: 'custom',
+            path: ['required', index],
+            message: `names "${reference}", which is not among the catalog's models`,
+          })
+      })
       const seen = new Map<string, number>()
       catalog.models.forEach((model, index) => {
         const key = `${model.id}@${model.version}`

@@ -26,5 +26,15 @@ export {
   type WrittenModel,
   writeTinyGguf,
 } from './gguf-writer.js'
+export {
+  type Mirror,
+  type MirrorFault,
+  type MirrorFaultRule,
+  type MirrorFile,
+  type MirrorOptions,
+  type MirrorRequestRecord,
+  startMirror,
+} from './mirror.js'
 export { type RunningServer, startServer } from './servers.js'
 export { createTempDir, type TempDir, withTempDir } from './temp-dir.js'
+export { testTlsCertificate, testTlsKey } from './test-tls.js'

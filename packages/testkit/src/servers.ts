@@ -1,8 +1,9 @@
 import { createServer, type RequestListener, type Server } from 'node:http'
+import { Server as HttpsServer } from 'node:https'
 import type { AddressInfo } from 'node:net'
 
 export interface RunningServer {
-  /** `http://127.0.0.1:<port>` */
+  /** `http://127.0.0.1:<port>` (`https://` for an https server) */
   url: string
   host: string
   port: number
@@ -38,5 +39,13 @@ export async function startServer(
     })
     return closing
   }
-  return { url: `http://${host}:${port}`, host, port, server, close, [Symbol.asyncDispose]: close }
+  const scheme = server instanceof HttpsServer ? 'https' : 'http'
+  return {
+    url: `${scheme}://${host}:${port}`,
+    host,
+    port,
+    server,
+    close,
+    [Symbol.asyncDispose]: close,
+  }
 }

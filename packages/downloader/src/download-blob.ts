@@ -1,0 +1,861 @@
+/**
+ * The engine: one file, cut into pieces, fetched from every usable source at once, each piece
+ * verified in memory before it touches the disk, the whole-file sha256 computed on a worker in
+ * the same pass, and a journal that lets the next run resume after a crash.
+ */
+import { webcrypto } from 'node:crypto'
+import { type FileHandle, open, rm, statfs } from 'node:fs/promises'
+import { dirname } from 'node:path'
+import {
+  type AbortOptions,
+  type ByteSource,
+  ByteSourceError,
+  backoffDelay,
+  createLogger,
+  emitProgress,
+  isAbortError,
+  type Logger,
+  type ProgressOptions,
+  throwIfAborted,
+} from '@llmesh/core'
+import { defaultPieceSize, type PieceIndex, pieceCount, pieceRange } from '@llmesh/manifest'
+import { DownloadError, type SourceFailure, systemErrorCode } from './errors.js'
+import { Journal } from './journal.js'
+import type { DownloadProgressEvent } from './progress.js'
+import { type HasherMessage, SequentialHasher } from './sequential-hasher.js'
+import { TokenBucket } from './token-bucket.js'
+
+/** How the finished file was proven right. */
+export type Verification =
+  /** Every piece against the manifest's piece hashes, and the whole file against its sha256. */
+  | 'pieces+sha256'
+  /** The whole file against its sha256 only (no per-piece data was available). */
+  | 'sha256'
+  /** Only the size: nobody said what the sha256 should be (a bare `hf:` URI on a hub without it). */
+  | 'size'
+
+/** A cap on connections per host, shared by every download of one downloader. */
+export class HostConnectionLimiter {
+  private readonly active = new Map<string, number>()
+  constructor(readonly maxPerHost: number) {}
+  canOpen(host: string | undefined): boolean {
+    return host === undefined || (this.active.get(host) ?? 0) < this.maxPerHost
+  }
+  opened(host: string | undefined): void {
+    if (host !== undefined) this.active.set(host, (this.active.get(host) ?? 0) + 1)
+  }
+  closed(host: string | undefined): void {
+    if (host !== undefined) this.active.set(host, (this.active.get(host) ?? 1) - 1)
+  }
+}
+
+/** Where a piece's bytes go: the partial file, behind an interface so a test can fill the disk. */
+export interface PartialFileHandle {
+  write(bytes: Uint8Array, position: number): Promise<void>
+  sync(): Promise<void>
+  close(): Promise<void>
+}
+
+export interface PartialFileSystem {
+  openPartial(path: string): Promise<PartialFileHandle>
+  /** Bytes free for an unprivileged user on the file system holding `directory`. */
+  freeBytes(directory: string): Promise<number>
+}
+
+export const nodeFileSystem: PartialFileSystem = {
+  async openPartial(path) {
+    let handle: FileHandle
+    try {
+      handle = await open(path, 'r+')
+    } catch (error) {
+      if (systemErrorCode(error) !== 'ENOENT') throw error
+      handle = await open(path, 'w+')
+    }
+    return {
+      async write(bytes, position) {
+        let written = 0
+        while (written < bytes.byteLength) {
+          const { bytesWritten } = await handle.write(
+            bytes,
+            written,
+            bytes.byteLength - written,
+            position + written,
+          )
+          written += bytesWritten
+        }
+      },
+      sync: () => handle.sync(),
+      close: () => handle.close(),
+    }
+  },
+  async freeBytes(directory) {
+    const { bavail, bsize } = await statfs(directory)
+    return bavail * bsize
+  },
+}
+
+/** One source's record in one download, for the attempt log and source statistics. */
+export interface SourceAttempt {
+  source: string
+  kind: string
+  bytes: number
+  pieces: number
+  durationMs: number
+  failures: number
+  corruptPieces: number[]
+  outcome: 'ok' | 'failed' | 'dropped' | 'unused'
+  error: { code: string; message: string } | undefined
+}
+
+export interface DownloadBlobOptions extends AbortOptions, ProgressOptions<DownloadProgressEvent> {
+  /** Expected sha256 (hex); without it the file is checked by size only, and the result says so. */
+  sha256: string | undefined
+  size: number
+  /** Per-piece hashes, already checked against the manifest. */
+  pieceIndex?: PieceIndex | undefined
+  sources: ByteSource[]
+  partialPath: string
+  journalPath: string
+  /** Requests in flight for this file at once. Default 16. */
+  connections?: number
+  /** Connections a source starts with; more are added while they raise its throughput. Default 2. */
+  initialConnectionsPerSource?: number
+  /** Default 8. */
+  maxConnectionsPerSource?: number
+  hostLimiter?: HostConnectionLimiter
+  /** Give up on a request that receives nothing (headers or body) for this long. Default 20 s. */
+  stallTimeoutMs?: number
+  /** Failures in a row (without progress in between) before a source is dropped. Default 8. */
+  maxConsecutiveFailures?: number
+  globalBandwidth?: TokenBucket | undefined
+  /** Bytes per second per source, off by default. */
+  sourceBandwidth?: number | undefined
+  /** Piece size when there is no piece index. Default: `defaultPieceSize(size)`. */
+  pieceSize?: number
+  fileSystem?: PartialFileSystem
+  logger?: Logger
+  /** Called once with every source's record, whether the download succeeded or not. */
+  onAttempts?: (attempts: SourceAttempt[]) => void
+}
+
+export interface DownloadedBlob {
+  sha256: string
+  size: number
+  verification: Verification
+  /** Bytes received from sources in this run (including any that failed verification). */
+  receivedBytes: number
+  /** Bytes found already verified in the partial file from an earlier run. */
+  resumedBytes: number
+  durationMs: number
+  attempts: SourceAttempt[]
+}
+
+/** Bytes of out-of-order pieces kept in memory for the hasher; beyond it they are read back. */
+const MAX_BUFFERED_BYTES = 64 * 1024 * 1024
+
+interface SourceState {
+  source: ByteSource
+  host: string | undefined
+  bandwidth: TokenBucket | undefined
+  allowed: number
+  active: number
+  strikes: number
+  consecutiveFailures: number
+  retryAt: number
+  dropped: boolean
+  attempt: SourceAttempt
+  roundStartedAt: number
+  roundPieces: number
+  roundBytes: number
+  lastRoundRate: number
+}
+
+interface PieceRequest {
+  piece: number
+  state: SourceState
+  controller: AbortController
+  startedAt: number
+}
+
+class Superseded extends Error {
+  constructor() {
+    super('another request delivered this piece first')
+  }
+}
+
+export async function downloadBlob(options: DownloadBlobOptions): Promise<DownloadedBlob> {
+  const {
+    size,
+    pieceIndex,
+    signal,
+    connections = 16,
+    initialConnectionsPerSource = 2,
+    maxConnectionsPerSource = 8,
+    hostLimiter,
+    stallTimeoutMs = 20_000,
+    maxConsecutiveFailures = 8,
+    globalBandwidth,
+    fileSystem = nodeFileSystem,
+    logger = createLogger('downloader'),
+  } = options
+  const expected = options.sha256
+  const startedAt = performance.now()
+  const pieceSize = pieceIndex?.pieceSize ?? options.pieceSize ?? defaultPieceSize(size)
+  const count = pieceCount(size, pieceSize)
+  const digestKey = expected ?? `unknown-${size}`
+  const log = logger
+
+  if (options.sources.length === 0)
+    throw new DownloadError({
+      code: 'LLMESH_NO_SOURCES',
+      message: `No source to download ${digestKey} from`,
+      digest: expected,
+    })
+
+  const header = {
+    size,
+    pieceSize,
+    key: expected ?? `size-${size}`,
+    verification: pieceIndex === undefined ? ('none' as const) : ('pieces' as const),
+  }
+  // Data written under another header (another file, piece size or mode) cannot be trusted.
+  if (!(await Journal.matches(options.journalPath, header)))
+    await rm(options.partialPath, { force: true })
+  const journal = await Journal.open(options.journalPath, header)
+  const done = new Set<number>(journal.pieces)
+  const resumedBytes = [...done].reduce(
+    (sum, index) => sum + rangeOf(index).end - rangeOf(index).start,
+    0,
+  )
+
+  const free = await fileSystem.freeBytes(dirname(options.partialPath))
+  const needed = size - resumedBytes
+  if (free < needed) {
+    await journal.close()
+    throw new DownloadError({
+      code: 'LLMESH_INSUFFICIENT_SPACE',
+      digest: expected,
+      path: options.partialPath,
+      message: `Not enough free space in ${dirname(options.partialPath)}: ${formatBytes(needed)} still to download, ${formatBytes(free)} free. Free some space (llmesh prune) or point LLMESH_HOME elsewhere.`,
+    })
+  }
+
+  const file = await fileSystem.openPartial(options.partialPath)
+  const states: SourceState[] = options.sources.map((source) => ({
+    source,
+    host: hostOf(source),
+    bandwidth:
+      options.sourceBandwidth === undefined ? undefined : new TokenBucket(options.sourceBandwidth),
+    allowed: Math.min(initialConnectionsPerSource, maxConnectionsPerSource),
+    active: 0,
+    strikes: 0,
+    consecutiveFailures: 0,
+    retryAt: 0,
+    dropped: false,
+    attempt: {
+      source: source.id,
+      kind: source.kind,
+      bytes: 0,
+      pieces: 0,
+      durationMs: 0,
+      failures: 0,
+      corruptPieces: [],
+      outcome: 'unused',
+      error: undefined,
+    },
+    roundStartedAt: 0,
+    roundPieces: 0,
+    roundBytes: 0,
+    lastRoundRate: 0,
+  }))
+
+  const active = new Map<number, Set<PieceRequest>>()
+  /** Sources that served a bad copy of a piece: asked for it again only when nobody else can. */
+  const avoid = new Map<number, Set<SourceState>>()
+  const buffered = new Map<number, Uint8Array>()
+  let bufferedBytes = 0
+  let hashCursor = 0
+  let receivedBytes = 0
+  let verifiedBytes = 0
+  let wholeDigest: string | undefined
+  let fatal: unknown
+  let typicalPieceMs = 0
+  let lowestMissing = 0
+  let lastProgressAt = 0
+  let finishSent = false
+  /** Pieces from an earlier run that the hasher read back intact. */
+  const readBack = new Set<number>()
+  const bySource: Record<string, number> = {}
+
+  let wake: (() => void) | undefined
+  const notify = () => {
+    const resolve = wake
+    wake = undefined
+    resolve?.()
+  }
+  const hasherMessages: HasherMessage[] = []
+  const hasher = new SequentialHasher(
+    options.partialPath,
+    (message) => {
+      hasherMessages.push(message)
+      notify()
+    },
+    (error) => {
+      fatal ??= error
+      notify()
+    },
+  )
+  const onAbort = () => notify()
+  signal?.addEventListener('abort', onAbort)
+
+  emitProgress(options, 'download:started', {
+    sha256: expected,
+    size,
+    pieceSize,
+    pieces: count,
+    resumedBytes,
+    sources: states.map((state) => state.source.id),
+  })
+  // Pieces from an earlier run enter the digest first (read back and checked by the worker);
+  // until then they do not count as verified, so progress never has to go backwards.
+  advanceHasher()
+
+  try {
+    for (;;) {
+      throwIfAborted(signal)
+      if (fatal !== undefined) throw fatal
+      for (const message of hasherMessages.splice(0)) onHasherMessage(message)
+      if (wholeDigest !== undefined) break
+      schedule()
+      const inFlight = [...active.values()].reduce((sum, set) => sum + set.size, 0)
+      let wakeAt = Number.POSITIVE_INFINITY
+      if (inFlight === 0 && done.size < count) {
+        const usable = states.filter((state) => !state.dropped)
+        if (usable.length === 0) throw exhausted()
+        // Sources in backoff, or hosts at their cap (freed by other downloads): look again soon.
+        wakeAt = Math.max(performance.now() + 50, Math.min(...usable.map((state) => state.retryAt)))
+      }
+      if (inFlight > 0 && lowestMissingIndex() === undefined)
+        wakeAt = Math.min(wakeAt, nextHedgeAt())
+      await new Promise<void>((resolve) => {
+        wake = resolve
+        if (hasherMessages.length > 0 || fatal !== undefined || signal?.aborted) notify()
+        if (Number.isFinite(wakeAt)) {
+          const timer = setTimeout(notify, Math.max(0, wakeAt - performance.now()))
+          const clear = wake
+          wake = () => {
+            clearTimeout(timer)
+            clear()
+          }
+        }
+      })
+    }
+  } catch (error) {
+    for (const requests of active.values())
+      for (const request of requests) request.controller.abort(error)
+    await hasher.close()
+    await file.close().catch(() => {})
+    await journal.close()
+    signal?.removeEventListener('abort', onAbort)
+    finishAttempts()
+    throw error
+  }
+  signal?.removeEventListener('abort', onAbort)
+  await hasher.close()
+  await journal.close()
+  finishAttempts()
+
+  const sha256 = wholeDigest
+  if (expected !== undefined && sha256 !== expected) {
+    await file.close()
+    await rm(options.partialPath, { force: true })
+    await rm(options.journalPath, { force: true })
+    throw new DownloadError({
+      code: 'LLMESH_CHECKSUM_MISMATCH',
+      digest: expected,
+      message:
+        pieceIndex === undefined
+          ? `The downloaded file's sha256 is ${sha256}, not ${expected}. Without per-piece hashes the bad bytes cannot be located, so the partial file was deleted; the next pull starts from zero.`
+          : `Every piece matched the manifest's piece hashes, but the file's sha256 is ${sha256}, not ${expected}: the manifest contradicts itself. Ask its publisher for a corrected one.`,
+    })
+  }
+  await file.sync()
+  await file.close()
+  const verification: Verification =
+    expected === undefined ? 'size' : pieceIndex === undefined ? 'sha256' : 'pieces+sha256'
+  emitProgress(options, 'download:verified', { sha256, size, verification })
+  return {
+    sha256,
+    size,
+    verification,
+    receivedBytes,
+    resumedBytes,
+    durationMs: performance.now() - startedAt,
+    attempts: states.map((state) => state.attempt),
+  }
+
+  function rangeOf(index: number) {
+    return pieceRange(index, size, pieceSize)
+  }
+
+  function lowestMissingIndex(): number | undefined {
+    while (lowestMissing < count && done.has(lowestMissing)) lowestMissing++
+    for (let index = lowestMissing; index < count; index++)
+      if (!done.has(index) && !active.has(index)) return index
+    return undefined
+  }
+
+  function usableNow(state: SourceState, now: number): boolean {
+    return (
+      !state.dropped &&
+      state.retryAt <= now &&
+      state.active < state.allowed &&
+      (hostLimiter?.canOpen(state.host) ?? true)
+    )
+  }
+
+  function schedule(): void {
+    const now = performance.now()
+    let inFlight = [...active.values()].reduce((sum, set) => sum + set.size, 0)
+    let progressed = true
+    while (progressed && inFlight < connections) {
+      progressed = false
+      // Fastest sources first, so they get the lowest pieces and the hasher's cursor moves.
+      const ready = states
+        .filter((state) => usableNow(state, now))
+        .sort((a, b) => b.lastRoundRate - a.lastRoundRate)
+      for (const state of ready) {
+        if (inFlight >= connections || !usableNow(state, now)) continue
+        const piece = pickPiece(state, now)
+        if (piece === undefined) continue
+        start(piece, state)
+        inFlight++
+        progressed = true
+      }
+    }
+  }
+
+  function pickPiece(state: SourceState, now: number): number | undefined {
+    const others = states.filter((other) => other !== state && !other.dropped)
+    for (let index = lowestMissing; index < count; index++) {
+      if (done.has(index) || active.has(index)) continue
+      // A source that served a bad copy gets the piece again only if nobody else can serve it.
+      if (avoid.get(index)?.has(state) && others.some((other) => !avoid.get(index)?.has(other)))
+        continue
+      return index
+    }
+    // Endgame: nothing left to hand out. Duplicate the slowest lone request, so that one slow
+    // connection cannot hold the last percent; the first copy to arrive wins.
+    let candidate: PieceRequest | undefined
+    for (const requests of active.values()) {
+      if (requests.size !== 1) continue
+      const [request] = requests
+      if (request === undefined || now - request.startedAt < hedgeDelay()) continue
+      if (request.state === state && others.some((other) => usableNow(other, now))) continue
+      if (candidate === undefined || request.startedAt < candidate.startedAt) candidate = request
+    }
+    if (candidate !== undefined) {
+      log('hedging piece %d of %s on %s', candidate.piece, digestKey, state.source.id)
+      emitProgress(options, 'download:hedged', {
+        sha256: expected,
+        piece: candidate.piece,
+        source: state.source.id,
+        slowSource: candidate.state.source.id,
+      })
+    }
+    return candidate?.piece
+  }
+
+  function hedgeDelay(): number {
+    // Twice the usual time for a piece, at least half a second: hedging only what is late.
+    return Math.max(500, 2 * typicalPieceMs)
+  }
+
+  function nextHedgeAt(): number {
+    let earliest = Number.POSITIVE_INFINITY
+    for (const requests of active.values()) {
+      if (requests.size !== 1) continue
+      const [request] = requests
+      if (request !== undefined) earliest = Math.min(earliest, request.startedAt + hedgeDelay())
+    }
+    return earliest
+  }
+
+  function start(piece: number, state: SourceState): void {
+    const request: PieceRequest = {
+      piece,
+      state,
+      controller: new AbortController(),
+      startedAt: performance.now(),
+    }
+    const requests = active.get(piece) ?? new Set()
+    active.set(piece, requests)
+    requests.add(request)
+    state.active++
+    hostLimiter?.opened(state.host)
+    if (state.attempt.outcome === 'unused') state.attempt.outcome = 'ok'
+    void fetchPiece(request).then(
+      (bytes) => settle(request, bytes, undefined),
+      (error: unknown) => settle(request, undefined, error),
+    )
+  }
+
+  async function fetchPiece(request: PieceRequest): Promise<Uint8Array> {
+    const { start: from, end } = rangeOf(request.piece)
+    const { state, controller } = request
+    const bytes = new Uint8Array(end - from)
+    let received = 0
+    let timer: NodeJS.Timeout | undefined
+    const armStallTimer = () => {
+      clearTimeout(timer)
+      timer = setTimeout(
+        () =>
+          controller.abort(
+            new ByteSourceError({
+              failure: 'unavailable',
+              source: state.source.id,
+              digest: expected,
+              message: `${state.source.id} sent nothing for ${stallTimeoutMs} ms (stalled)`,
+            }),
+          ),
+        stallTimeoutMs,
+      )
+    }
+    const requestSignal =
+      signal === undefined ? controller.signal : AbortSignal.any([signal, controller.signal])
+    armStallTimer()
+    try {
+      for await (const chunk of state.source.read({
+        digest: digestKey,
+        start: from,
+        end,
+        signal: requestSignal,
+      })) {
+        if (received + chunk.byteLength > bytes.byteLength)
+          throw new ByteSourceError({
+            failure: 'misbehaved',
+            source: state.source.id,
+            digest: expected,
+            message: `${state.source.id} sent more than the ${bytes.byteLength} bytes of piece ${request.piece}`,
+          })
+        bytes.set(chunk, received)
+        received += chunk.byteLength
+        receivedBytes += chunk.byteLength
+        state.attempt.bytes += chunk.byteLength
+        state.roundBytes += chunk.byteLength
+        bySource[state.source.id] = (bySource[state.source.id] ?? 0) + chunk.byteLength
+        reportProgress(false)
+        armStallTimer()
+        if (state.bandwidth !== undefined)
+          await state.bandwidth.take(chunk.byteLength, { signal: requestSignal })
+        if (globalBandwidth !== undefined)
+          await globalBandwidth.take(chunk.byteLength, { signal: requestSignal })
+      }
+    } catch (error) {
+      if (controller.signal.aborted) throw controller.signal.reason
+      throw error
+    } finally {
+      clearTimeout(timer)
+    }
+    if (received !== bytes.byteLength)
+      throw new ByteSourceError({
+        failure: 'misbehaved',
+        source: state.source.id,
+        digest: expected,
+        message: `${state.source.id} sent ${received} of the ${bytes.byteLength} bytes of piece ${request.piece}`,
+      })
+    if (pieceIndex !== undefined) {
+      const digest = new Uint8Array(await webcrypto.subtle.digest('SHA-256', bytes))
+      if (!Buffer.from(digest).equals(pieceIndex.hashOf(request.piece)))
+        throw new CorruptPiece(request.piece)
+    }
+    return bytes
+  }
+
+  function settle(request: PieceRequest, bytes: Uint8Array | undefined, error: unknown): void {
+    const { piece, state } = request
+    state.active--
+    hostLimiter?.closed(state.host)
+    if (bytes !== undefined && !done.has(piece)) {
+      // Still in the set until written, so nobody starts this piece again meanwhile.
+      void commit(request, bytes).then(
+        () => {
+          removeRequest(request)
+          notify()
+        },
+        (writeError: unknown) => {
+          removeRequest(request)
+          fatal ??= writeError
+          notify()
+        },
+      )
+      return
+    }
+    removeRequest(request)
+    if (error !== undefined) onFailure(request, error)
+    notify()
+  }
+
+  function removeRequest(request: PieceRequest): void {
+    const requests = active.get(request.piece)
+    requests?.delete(request)
+    if (requests?.size === 0) active.delete(request.piece)
+  }
+
+  async function commit(request: PieceRequest, bytes: Uint8Array): Promise<void> {
+    const { piece, state } = request
+    for (const other of active.get(piece) ?? [])
+      if (other !== request) other.controller.abort(new Superseded())
+    const { start: position } = rangeOf(piece)
+    try {
+      await file.write(bytes, position)
+    } catch (error) {
+      if (systemErrorCode(error) === 'ENOSPC')
+        throw new DownloadError({
+          code: 'LLMESH_DISK_FULL',
+          digest: expected,
+          path: options.partialPath,
+          cause: error,
+          isRetryable: true,
+          message: `The disk holding ${options.partialPath} is full. The ${done.size} verified pieces are kept; free some space and pull again to resume.`,
+        })
+      throw error
+    }
+    await journal.append(piece)
+    done.add(piece)
+    verifiedBytes += bytes.byteLength
+    state.attempt.pieces++
+    state.consecutiveFailures = 0
+    const elapsed = performance.now() - request.startedAt
+    typicalPieceMs = typicalPieceMs === 0 ? elapsed : 0.8 * typicalPieceMs + 0.2 * elapsed
+    adapt(state)
+    if (bufferedBytes + bytes.byteLength <= MAX_BUFFERED_BYTES || piece === hashCursor) {
+      buffered.set(piece, bytes)
+      bufferedBytes += bytes.byteLength
+    }
+    emitProgress(options, 'download:piece-verified', {
+      sha256: expected,
+      piece,
+      source: state.source.id,
+      bytes: bytes.byteLength,
+    })
+    advanceHasher()
+    reportProgress(done.size === count)
+  }
+
+  /** More connections for a source while each new one raised its throughput (slow start). */
+  function adapt(state: SourceState): void {
+    const now = performance.now()
+    if (state.roundStartedAt === 0) {
+      state.roundStartedAt = now
+      state.roundBytes = 0
+      return
+    }
+    state.roundPieces++
+    if (state.roundPieces < state.allowed * 2) return
+    const rate = state.roundBytes / Math.max(1, now - state.roundStartedAt)
+    if (rate > state.lastRoundRate * 1.05 && state.allowed < maxConnectionsPerSource)
+      state.allowed++
+    state.lastRoundRate = rate
+    state.roundStartedAt = now
+    state.roundBytes = 0
+    state.roundPieces = 0
+  }
+
+  function advanceHasher(): void {
+    while (hashCursor < count && done.has(hashCursor)) {
+      const bytes = buffered.get(hashCursor)
+      if (bytes !== undefined) {
+        buffered.delete(hashCursor)
+        bufferedBytes -= bytes.byteLength
+        hasher.bytes(hashCursor, bytes)
+      } else {
+        const { start: from, end } = rangeOf(hashCursor)
+        hasher.read(hashCursor, from, end, pieceIndex?.hashOf(hashCursor))
+      }
+      hashCursor++
+    }
+    if (hashCursor === count && done.size === count && !finishSent) {
+      finishSent = true
+      hasher.finish(count)
+    }
+  }
+
+  function onHasherMessage(message: HasherMessage): void {
+    if (message.type === 'digest') {
+      wholeDigest = message.hex
+      return
+    }
+    if (message.type === 'read') {
+      // A piece from an earlier run, read back intact: it now counts as verified.
+      if (journal.pieces.has(message.index) && !readBack.has(message.index)) {
+        readBack.add(message.index)
+        verifiedBytes += message.bytes
+        reportProgress(false)
+      }
+      return
+    }
+    // A journaled piece that is not intact on disk (a crash before the write reached it).
+    log('piece %d of %s is damaged on disk; fetching it again', message.index, digestKey)
+    done.delete(message.index)
+    for (const [index, bytes] of buffered) {
+      if (index > message.index) {
+        buffered.delete(index)
+        bufferedBytes -= bytes.byteLength
+      }
+    }
+    hashCursor = message.index
+    finishSent = false
+    lowestMissing = Math.min(lowestMissing, message.index)
+  }
+
+  function onFailure(request: PieceRequest, error: unknown): void {
+    const { state, piece } = request
+    if (error instanceof Superseded || (isAbortError(error) && signal?.aborted)) return
+    state.attempt.failures++
+    const now = performance.now()
+    if (error instanceof CorruptPiece) {
+      state.attempt.corruptPieces.push(piece)
+      const sources = avoid.get(piece) ?? new Set()
+      avoid.set(piece, sources)
+      sources.add(state)
+      emitProgress(options, 'download:piece-rejected', {
+        sha256: expected,
+        piece,
+        source: state.source.id,
+      })
+      strike(state, `served piece ${piece} with the wrong bytes`)
+      return
+    }
+    const failure = ByteSourceError.isInstance(error) ? error.failure : 'unavailable'
+    const message = error instanceof Error ? error.message : String(error)
+    state.attempt.error = { code: errorCode(error), message }
+    emitProgress(options, 'download:source-failed', {
+      sha256: expected,
+      piece,
+      source: state.source.id,
+      code: state.attempt.error.code,
+      message,
+    })
+    log('%s failed on piece %d: %s', state.source.id, piece, message)
+    if (failure === 'unavailable') {
+      state.consecutiveFailures++
+      state.allowed = Math.max(1, Math.floor(state.allowed / 2))
+      state.retryAt =
+        now +
+        backoffDelay({
+          attempt: state.consecutiveFailures - 1,
+          minDelay: 200,
+          maxDelay: 30_000,
+          error,
+        })
+      if (state.consecutiveFailures >= maxConsecutiveFailures)
+        drop(state, `${state.consecutiveFailures} failures in a row`)
+      return
+    }
+    // A file that changed upstream will not change back: that source is done for this download.
+    const changedUpstream =
+      ByteSourceError.isInstance(error) && (error.statusCode === 412 || /ETag/.test(message))
+    if (failure === 'misbehaved' && !changedUpstream) strike(state, message)
+    else drop(state, message)
+  }
+
+  function strike(state: SourceState, why: string): void {
+    state.strikes++
+    if (state.strikes >= 2) drop(state, `${why} (second offence)`)
+  }
+
+  function drop(state: SourceState, why: string): void {
+    if (state.dropped) return
+    state.dropped = true
+    state.attempt.outcome = 'dropped'
+    state.attempt.error ??= { code: 'LLMESH_SOURCE_DROPPED', message: why }
+    log('dropping %s: %s', state.source.id, why)
+    emitProgress(options, 'download:source-dropped', {
+      sha256: expected,
+      source: state.source.id,
+      reason: why,
+    })
+    for (const requests of active.values())
+      for (const request of requests)
+        if (request.state === state) request.controller.abort(new Superseded())
+  }
+
+  function exhausted(): DownloadError {
+    const failures: SourceFailure[] = states.map((state) => ({
+      source: state.source.id,
+      code: state.attempt.error?.code ?? 'LLMESH_SOURCE_DROPPED',
+      message: state.attempt.error?.message ?? 'dropped',
+    }))
+    return new DownloadError({
+      code: 'LLMESH_SOURCES_EXHAUSTED',
+      digest: expected,
+      failures,
+      isRetryable: true,
+      message: `Every source failed for ${digestKey} (${done.size} of ${count} pieces verified and kept for a resume):\n${failures.map((failure) => `  - ${failure.message}`).join('\n')}`,
+    })
+  }
+
+  function finishAttempts(): void {
+    const durationMs = performance.now() - startedAt
+    for (const state of states) {
+      state.attempt.durationMs = durationMs
+      if (
+        state.attempt.outcome === 'ok' &&
+        state.attempt.pieces === 0 &&
+        state.attempt.failures > 0
+      )
+        state.attempt.outcome = 'failed'
+    }
+    try {
+      options.onAttempts?.(states.map((state) => state.attempt))
+    } catch (error) {
+      log.error('recording attempts failed: %s', (error as Error).message)
+    }
+  }
+
+  function reportProgress(force: boolean): void {
+    const now = performance.now()
+    if (!force && now - lastProgressAt < 100) return
+    lastProgressAt = now
+    emitProgress(options, 'download:progress', {
+      sha256: expected,
+      totalBytes: size,
+      receivedBytes,
+      verifiedBytes,
+      resumedBytes,
+      bySource: { ...bySource },
+    })
+  }
+}
+
+class CorruptPiece extends Error {
+  constructor(readonly piece: number) {
+    super(`piece ${piece} failed verification`)
+  }
+}
+
+function errorCode(error: unknown): string {
+  return typeof error === 'object' &&
+    error !== null &&
+    'code' in error &&
+    typeof error.code === 'string'
+    ? error.code
+    : 'LLMESH_SOURCE_UNAVAILABLE'
+}
+
+function hostOf(source: ByteSource): string | undefined {
+  if ('host' in source && typeof source.host === 'string') return source.host
+  return undefined
+}
+
+export function formatBytes(bytes: number): string {
+  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB', 'PiB']
+  let value = bytes
+  let unit = 0
+  while (value >= 1024 && unit < units.length - 1) {
+    value /= 1024
+    unit++
+  }
+  return `${value.toFixed(unit === 0 ? 0 : 1)} ${units[unit]}`
+}
