@@ -328,15 +328,20 @@ export async function downloadBlob(options: DownloadBlobOptions): Promise<Downlo
       if (wholeDigest !== undefined) break
       schedule()
       const inFlight = [...active.values()].reduce((sum, set) => sum + set.size, 0)
-      let wakeAt = Number.POSITIVE_INFINITY
-      if (inFlight === 0 && done.size < count) {
-        const usable = states.filter((state) => !state.dropped)
-        if (usable.length === 0) throw exhausted()
-        // Sources in backoff, or hosts at their cap (freed by other downloads): look again soon.
-        wakeAt = Math.max(performance.now() + 50, Math.min(...usable.map((state) => state.retryAt)))
+      const now = performance.now()
+      const usable = states.filter((state) => !state.dropped)
+      if (inFlight === 0 && done.size < count && usable.length === 0) throw exhausted()
+      // Wake for the end of a backoff, for a hedge that comes due, and, while something waits on
+      // a capacity nobody announces (a host cap shared with other downloads), every 250 ms.
+      let wakeAt = Math.min(
+        Number.POSITIVE_INFINITY,
+        ...usable.filter((state) => state.retryAt > now).map((state) => state.retryAt),
+      )
+      if (inFlight === 0 && done.size < count) wakeAt = Math.min(wakeAt, now + 250)
+      if (inFlight > 0 && lowestMissingIndex() === undefined) {
+        const hedgeAt = nextHedgeAt()
+        wakeAt = Math.min(wakeAt, hedgeAt > now ? hedgeAt : now + 250)
       }
-      if (inFlight > 0 && lowestMissingIndex() === undefined)
-        wakeAt = Math.min(wakeAt, nextHedgeAt())
       await new Promise<void>((resolve) => {
         wake = resolve
         if (hasherMessages.length > 0 || fatal !== undefined || signal?.aborted) notify()
@@ -451,7 +456,8 @@ export async function downloadBlob(options: DownloadBlobOptions): Promise<Downlo
       if (requests.size !== 1) continue
       const [request] = requests
       if (request === undefined || now - request.startedAt < hedgeDelay()) continue
-      if (request.state === state && others.some((other) => usableNow(other, now))) continue
+      // Another connection to the same source helps only when there is no other source at all.
+      if (request.state === state && others.length > 0) continue
       if (candidate === undefined || request.startedAt < candidate.startedAt) candidate = request
     }
     if (candidate !== undefined) {
