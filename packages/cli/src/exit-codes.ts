@@ -19,6 +19,11 @@ export const exitCodes = {
 export function exitCodeFor(error: unknown): number {
   if (isAbortError(error)) return exitCodes.cancelled
   if (SignatureError.isInstance(error)) return exitCodes.verificationFailed
+  if (
+    LlmeshError.isInstance(error) &&
+    (error.code === 'LLMESH_CHECKSUM_MISMATCH' || error.code === 'LLMESH_STORE_DAMAGED')
+  )
+    return exitCodes.verificationFailed
   if (ManifestError.isInstance(error) || InvalidArgumentError.isInstance(error))
     return exitCodes.invalidInput
   if (LlmeshError.isInstance(error) && error.code === 'LLMESH_USAGE') return exitCodes.usage

@@ -6,12 +6,15 @@ export interface CommandIo {
   stderr: (text: string) => void
   /** Whether stderr is a terminal (progress bars only make sense there). */
   interactive: boolean
+  /** The terminal stream progress bars draw on, when `interactive`. */
+  terminal?: NodeJS.WriteStream
 }
 
 export const processIo: CommandIo = {
   stdout: (text) => process.stdout.write(text),
   stderr: (text) => process.stderr.write(text),
   interactive: process.stderr.isTTY === true,
+  terminal: process.stderr,
 }
 
 /** Prints a command's result: one JSON document with `--json`, else the human text. */
@@ -23,6 +26,11 @@ export class Output {
 
   result(value: unknown, human: string): void {
     this.io.stdout(this.json ? `${JSON.stringify(value, null, 2)}\n` : `${human}\n`)
+  }
+
+  /** One compact JSON line on stdout (`--json` streams of events); nothing in human mode. */
+  line(value: unknown): void {
+    if (this.json) this.io.stdout(`${JSON.stringify(value)}\n`)
   }
 
   /** A message for the person at the terminal; silent in JSON mode so that stdout stays parseable. */

@@ -2,6 +2,7 @@ import { enableLogging } from '@llmesh/core'
 import { Command, CommanderError } from 'commander'
 import { registerKeyCommands } from './commands/keys.js'
 import { registerManifestCommands } from './commands/manifest.js'
+import { registerStoreCommands } from './commands/store.js'
 import { registerTestkitCommands } from './commands/testkit.js'
 import { exitCodeFor, exitCodes } from './exit-codes.js'
 import { type CommandIo, Output, processIo } from './output.js'
@@ -33,6 +34,7 @@ export function createProgram(context: CommandContext): Command {
     })
   registerManifestCommands(program, context)
   registerKeyCommands(program, context)
+  registerStoreCommands(program, context)
   registerTestkitCommands(program, context)
   for (const command of allCommands(program))
     command

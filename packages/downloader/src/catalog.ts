@@ -72,7 +72,16 @@ export async function fetchCatalog(
         typeof error === 'object' && error !== null && 'code' in error
           ? String(error.code)
           : 'LLMESH_CATALOG_UNAVAILABLE'
-      failures.push({ source: endpoint, code, message: `${endpoint}: ${(error as Error).message}` })
+      const text = (error as Error).message
+      const hint =
+        code === 'LLMESH_UNSIGNED' || code === 'LLMESH_UNTRUSTED_KEY'
+          ? ' (trust its signing key, or allow unsigned catalogs)'
+          : ''
+      failures.push({
+        source: endpoint,
+        code,
+        message: `${text.includes(endpoint) ? text : `${endpoint}: ${text}`}${hint}`,
+      })
       log('catalog endpoint %s failed: %s', endpoint, (error as Error).message)
     }
   }

@@ -1,3 +1,4 @@
+import bytes from 'bytes'
 import { InvalidArgumentError } from 'commander'
 
 /** Parses a non-negative integer option value, with commander's usage error when it is not one. */
@@ -5,5 +6,13 @@ export function parseInteger(value: string): number {
   const parsed = Number(value)
   if (!/^\d+$/.test(value) || !Number.isSafeInteger(parsed))
     throw new InvalidArgumentError(`"${value}" is not a whole number`)
+  return parsed
+}
+
+/** Parses a byte size such as `500kb`, `10MB` or `1.5GB` (binary units, as the `bytes` package reads them). */
+export function parseByteSize(value: string): number {
+  const parsed = bytes.parse(value)
+  if (parsed === null || !Number.isFinite(parsed) || parsed <= 0)
+    throw new InvalidArgumentError(`"${value}" is not a size such as 500kb, 10MB or 1.5GB`)
   return parsed
 }
