@@ -3,7 +3,6 @@
  * verified in memory before it touches the disk, the whole-file sha256 computed on a worker in
  * the same pass, and a journal that lets the next run resume after a crash.
  */
-import { webcrypto } from 'node:crypto'
 import { type FileHandle, open, rm, statfs } from 'node:fs/promises'
 import { dirname } from 'node:path'
 import {
@@ -21,8 +20,8 @@ import {
 import { defaultPieceSize, type PieceIndex, pieceCount, pieceRange } from '@llmesh/manifest'
 import { DownloadError, type SourceFailure, systemErrorCode } from './errors.js'
 import { Journal } from './journal.js'
+import { type HasherMessage, PieceHashers, PieceSlots } from './piece-hashers.js'
 import type { DownloadProgressEvent } from './progress.js'
-import { type HasherMessage, SequentialHasher } from './sequential-hasher.js'
 import { TokenBucket } from './token-bucket.js'
 
 /** How the finished file was proven right. */
@@ -132,6 +131,11 @@ export interface DownloadBlobOptions extends AbortOptions, ProgressOptions<Downl
   sourceBandwidth?: number | undefined
   /** Piece size when there is no piece index. Default: `defaultPieceSize(size)`. */
   pieceSize?: number
+  /**
+   * Memory for piece buffers, allocated once: it bounds the pieces in flight and those waiting
+   * for the whole-file digest. Default 128 MiB (at least two pieces).
+   */
+  memoryBudgetBytes?: number
   fileSystem?: PartialFileSystem
   logger?: Logger
   /** Called once with every source's record, whether the download succeeded or not. */
@@ -149,9 +153,6 @@ export interface DownloadedBlob {
   durationMs: number
   attempts: SourceAttempt[]
 }
-
-/** Bytes of out-of-order pieces kept in memory for the hasher; beyond it they are read back. */
-const MAX_BUFFERED_BYTES = 64 * 1024 * 1024
 
 interface SourceState {
   source: ByteSource
@@ -172,6 +173,8 @@ interface SourceState {
 
 interface PieceRequest {
   piece: number
+  /** The piece buffer this request fills. */
+  slot: number
   state: SourceState
   controller: AbortController
   startedAt: number
@@ -269,11 +272,23 @@ export async function downloadBlob(options: DownloadBlobOptions): Promise<Downlo
     lastRoundRate: 0,
   }))
 
+  // Twice the connections, so that pieces waiting for the digest do not starve new requests,
+  // within the memory budget.
+  const slots = new PieceSlots(
+    Math.max(
+      2,
+      Math.min(
+        2 * connections,
+        Math.floor((options.memoryBudgetBytes ?? 128 * 1024 * 1024) / pieceSize),
+      ),
+    ),
+    pieceSize,
+  )
   const active = new Map<number, Set<PieceRequest>>()
   /** Sources that served a bad copy of a piece: asked for it again only when nobody else can. */
   const avoid = new Map<number, Set<SourceState>>()
-  const buffered = new Map<number, Uint8Array>()
-  let bufferedBytes = 0
+  /** Verified pieces still in their slot, waiting for the digest to reach them. */
+  const waiting = new Map<number, number>()
   let hashCursor = 0
   let receivedBytes = 0
   let verifiedBytes = 0
@@ -294,7 +309,8 @@ export async function downloadBlob(options: DownloadBlobOptions): Promise<Downlo
     resolve?.()
   }
   const hasherMessages: HasherMessage[] = []
-  const hasher = new SequentialHasher(
+  const hasher = new PieceHashers(
+    slots,
     options.partialPath,
     (message) => {
       hasherMessages.push(message)
@@ -423,14 +439,14 @@ export async function downloadBlob(options: DownloadBlobOptions): Promise<Downlo
     const now = performance.now()
     let inFlight = [...active.values()].reduce((sum, set) => sum + set.size, 0)
     let progressed = true
-    while (progressed && inFlight < connections) {
+    while (progressed && inFlight < connections && ensureSlot()) {
       progressed = false
       // Fastest sources first, so they get the lowest pieces and the hasher's cursor moves.
       const ready = states
         .filter((state) => usableNow(state, now))
         .sort((a, b) => b.lastRoundRate - a.lastRoundRate)
       for (const state of ready) {
-        if (inFlight >= connections || !usableNow(state, now)) continue
+        if (inFlight >= connections || !usableNow(state, now) || !ensureSlot()) continue
         const piece = pickPiece(state, now)
         if (piece === undefined) continue
         start(piece, state)
@@ -438,6 +454,22 @@ export async function downloadBlob(options: DownloadBlobOptions): Promise<Downlo
         progressed = true
       }
     }
+  }
+
+  /**
+   * True when a slot is free for a new request. When every slot is taken and some hold pieces
+   * waiting for the digest, the one furthest from the cursor gives its slot up: it will be read
+   * back from the partial file instead, which is rare and cheap next to a stalled download.
+   */
+  function ensureSlot(): boolean {
+    if (slots.available > 0) return true
+    let furthest: number | undefined
+    for (const piece of waiting.keys())
+      if (piece !== hashCursor && (furthest === undefined || piece > furthest)) furthest = piece
+    if (furthest === undefined) return false
+    slots.release(waiting.get(furthest)!)
+    waiting.delete(furthest)
+    return true
   }
 
   function pickPiece(state: SourceState, now: number): number | undefined {
@@ -488,8 +520,11 @@ export async function downloadBlob(options: DownloadBlobOptions): Promise<Downlo
   }
 
   function start(piece: number, state: SourceState): void {
+    const slot = slots.acquire()
+    if (slot === undefined) throw new Error('no free piece slot: ensureSlot() must run first')
     const request: PieceRequest = {
       piece,
+      slot,
       state,
       controller: new AbortController(),
       startedAt: performance.now(),
@@ -509,27 +544,23 @@ export async function downloadBlob(options: DownloadBlobOptions): Promise<Downlo
   async function fetchPiece(request: PieceRequest): Promise<Uint8Array> {
     const { start: from, end } = rangeOf(request.piece)
     const { state, controller } = request
-    const bytes = new Uint8Array(end - from)
+    const bytes = slots.view(request.slot, end - from)
     let received = 0
-    let timer: NodeJS.Timeout | undefined
-    const armStallTimer = () => {
-      clearTimeout(timer)
-      timer = setTimeout(
-        () =>
-          controller.abort(
-            new ByteSourceError({
-              failure: 'unavailable',
-              source: state.source.id,
-              digest: expected,
-              message: `${state.source.id} sent nothing for ${stallTimeoutMs} ms (stalled)`,
-            }),
-          ),
-        stallTimeoutMs,
-      )
-    }
+    // One timer per request, pushed back on every chunk (refresh() is cheaper than a new timer).
+    const timer = setTimeout(
+      () =>
+        controller.abort(
+          new ByteSourceError({
+            failure: 'unavailable',
+            source: state.source.id,
+            digest: expected,
+            message: `${state.source.id} sent nothing for ${stallTimeoutMs} ms (stalled)`,
+          }),
+        ),
+      stallTimeoutMs,
+    )
     const requestSignal =
       signal === undefined ? controller.signal : AbortSignal.any([signal, controller.signal])
-    armStallTimer()
     try {
       for await (const chunk of state.source.read({
         digest: digestKey,
@@ -551,7 +582,7 @@ export async function downloadBlob(options: DownloadBlobOptions): Promise<Downlo
         state.roundBytes += chunk.byteLength
         bySource[state.source.id] = (bySource[state.source.id] ?? 0) + chunk.byteLength
         reportProgress(false)
-        armStallTimer()
+        timer.refresh()
         if (state.bandwidth !== undefined)
           await state.bandwidth.take(chunk.byteLength, { signal: requestSignal })
         if (globalBandwidth !== undefined)
@@ -571,7 +602,7 @@ export async function downloadBlob(options: DownloadBlobOptions): Promise<Downlo
         message: `${state.source.id} sent ${received} of the ${bytes.byteLength} bytes of piece ${request.piece}`,
       })
     if (pieceIndex !== undefined) {
-      const digest = new Uint8Array(await webcrypto.subtle.digest('SHA-256', bytes))
+      const digest = await hasher.hashSlot(request.slot, bytes.byteLength)
       if (!Buffer.from(digest).equals(pieceIndex.hashOf(request.piece)))
         throw new CorruptPiece(request.piece)
     }
@@ -591,6 +622,7 @@ export async function downloadBlob(options: DownloadBlobOptions): Promise<Downlo
         },
         (writeError: unknown) => {
           removeRequest(request)
+          slots.release(request.slot)
           fatal ??= writeError
           notify()
         },
@@ -598,6 +630,7 @@ export async function downloadBlob(options: DownloadBlobOptions): Promise<Downlo
       return
     }
     removeRequest(request)
+    slots.release(request.slot)
     if (error !== undefined) onFailure(request, error)
     notify()
   }
@@ -635,10 +668,7 @@ export async function downloadBlob(options: DownloadBlobOptions): Promise<Downlo
     const elapsed = performance.now() - request.startedAt
     typicalPieceMs = typicalPieceMs === 0 ? elapsed : 0.8 * typicalPieceMs + 0.2 * elapsed
     adapt(state)
-    if (bufferedBytes + bytes.byteLength <= MAX_BUFFERED_BYTES || piece === hashCursor) {
-      buffered.set(piece, bytes)
-      bufferedBytes += bytes.byteLength
-    }
+    waiting.set(piece, request.slot)
     emitProgress(options, 'download:piece-verified', {
       sha256: expected,
       piece,
@@ -670,15 +700,12 @@ export async function downloadBlob(options: DownloadBlobOptions): Promise<Downlo
 
   function advanceHasher(): void {
     while (hashCursor < count && done.has(hashCursor)) {
-      const bytes = buffered.get(hashCursor)
-      if (bytes !== undefined) {
-        buffered.delete(hashCursor)
-        bufferedBytes -= bytes.byteLength
-        hasher.bytes(hashCursor, bytes)
-      } else {
-        const { start: from, end } = rangeOf(hashCursor)
-        hasher.read(hashCursor, from, end, pieceIndex?.hashOf(hashCursor))
-      }
+      const slot = waiting.get(hashCursor)
+      const { start: from, end } = rangeOf(hashCursor)
+      if (slot !== undefined) {
+        waiting.delete(hashCursor)
+        hasher.digestSlot(hashCursor, slot, end - from)
+      } else hasher.readBack(hashCursor, from, end, pieceIndex?.hashOf(hashCursor))
       hashCursor++
     }
     if (hashCursor === count && done.size === count && !finishSent) {
@@ -692,6 +719,10 @@ export async function downloadBlob(options: DownloadBlobOptions): Promise<Downlo
       wholeDigest = message.hex
       return
     }
+    if (message.type === 'digested') {
+      slots.release(message.slot)
+      return
+    }
     if (message.type === 'read') {
       // A piece from an earlier run, read back intact: it now counts as verified.
       if (journal.pieces.has(message.index) && !readBack.has(message.index)) {
@@ -703,13 +734,9 @@ export async function downloadBlob(options: DownloadBlobOptions): Promise<Downlo
     }
     // A journaled piece that is not intact on disk (a crash before the write reached it).
     log('piece %d of %s is damaged on disk; fetching it again', message.index, digestKey)
+    // The digest skips what follows until this piece comes back; pieces past the cursor that
+    // are still in their slots stay there.
     done.delete(message.index)
-    for (const [index, bytes] of buffered) {
-      if (index > message.index) {
-        buffered.delete(index)
-        bufferedBytes -= bytes.byteLength
-      }
-    }
     hashCursor = message.index
     finishSent = false
     lowestMissing = Math.min(lowestMissing, message.index)

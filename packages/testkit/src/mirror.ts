@@ -65,7 +65,7 @@ export interface MirrorFile {
 export interface MirrorOptions {
   /** URL path (starting with `/`) → file. */
   files: Record<string, MirrorFile | Uint8Array | string>
-  /** Caps each connection at this many body bytes per second. */
+  /** Caps each connection at this many body bytes per second, across all the requests it carries. */
   bytesPerSecondPerConnection?: number
   faults?: MirrorFaultRule[]
   /** Serve https with this key and certificate (see `testTlsKey` / `testTlsCertificate`). */
@@ -109,6 +109,8 @@ interface ServedFile {
 }
 
 const CHUNK_BYTES = 64 * 1024
+/** A capped connection may send this much at once after a pause, as TCP would. */
+const RATE_BURST_BYTES = 64 * 1024
 
 export async function startMirror(options: MirrorOptions): Promise<Mirror> {
   const files = new Map<string, ServedFile>()
@@ -124,6 +126,18 @@ export async function startMirror(options: MirrorOptions): Promise<Mirror> {
   let connections = 0
   const connectionIds = new WeakMap<Socket, number>()
   const connectionBytes = new WeakMap<Socket, number>()
+  /** Per-connection token buckets: the cap holds across all requests a connection carries. */
+  const connectionBudgets = new WeakMap<Socket, { tokens: number; at: number }>()
+  const pace = async (socket: Socket, bytes: number): Promise<void> => {
+    if (rate === undefined) return
+    const now = performance.now()
+    const budget = connectionBudgets.get(socket) ?? { tokens: RATE_BURST_BYTES, at: now }
+    budget.tokens = Math.min(RATE_BURST_BYTES, budget.tokens + ((now - budget.at) / 1000) * rate)
+    budget.at = now
+    budget.tokens -= bytes
+    connectionBudgets.set(socket, budget)
+    if (budget.tokens < 0) await delay((-budget.tokens / rate) * 1000)
+  }
 
   const handler = (request: IncomingMessage, response: ServerResponse): void => {
     void serve(request, response).catch(() => response.destroy())
@@ -245,7 +259,6 @@ export async function startMirror(options: MirrorOptions): Promise<Mirror> {
     const reset = has('reset')
     const stall = has('stall-mid-body')
     const corrupt = has('corrupt')
-    const started = performance.now()
     let sent = 0
     for await (const chunk of file.read(start, end)) {
       let bytes = chunk
@@ -268,13 +281,9 @@ export async function startMirror(options: MirrorOptions): Promise<Mirror> {
         }
       }
       if (response.destroyed) return
+      await pace(socket, bytes.byteLength)
       await write(response, bytes)
       account(bytes.byteLength)
-      if (rate !== undefined) {
-        // Pace against the request's start, so a rate holds over time instead of per chunk.
-        const due = (sent / rate) * 1000 - (performance.now() - started)
-        if (due > 1) await delay(due)
-      }
     }
     response.end()
 

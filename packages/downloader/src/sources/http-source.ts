@@ -96,35 +96,38 @@ export class HttpSource implements ByteSource {
       let received = 0
       for await (const chunk of response.body as AsyncIterable<Buffer>) {
         const room = length - received
-        if (chunk.byteLength >= room) {
-          if (chunk.byteLength > room && statusCode === 206)
+        if (chunk.byteLength > room) {
+          if (statusCode === 206)
             throw this.error(
               'misbehaved',
               digest,
               `sent more than the ${length} bytes asked for`,
               statusCode,
             )
-          received += room
-          yield room === chunk.byteLength ? chunk : chunk.subarray(0, room)
-          finished = statusCode === 206 && chunk.byteLength === room
+          // A 200 carries the whole file: its first `length` bytes are the range; drop the rest.
+          if (room > 0) yield chunk.subarray(0, room)
+          received = length
           return
         }
         received += chunk.byteLength
         yield chunk
+        // A 206 is read to its natural end, so the connection goes back to the pool.
+        if (received === length && statusCode === 200) return
       }
-      throw this.error(
-        'unavailable',
-        digest,
-        `ended after ${received} of ${length} bytes`,
-        statusCode,
-      )
+      if (received !== length)
+        throw this.error(
+          'unavailable',
+          digest,
+          `ended after ${received} of ${length} bytes`,
+          statusCode,
+        )
+      finished = true
     } catch (error) {
       if (isAbortError(error) || ByteSourceError.isInstance(error)) throw error
       throw this.networkError(error, digest)
     } finally {
       // A body read to its end leaves the connection reusable; anything else closes it.
       if (!finished) closeBody(response)
-      else await response.body.dump().catch(() => {})
     }
   }
 
