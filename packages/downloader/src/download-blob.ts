@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto'
 /**
  * The engine: one file, cut into pieces, fetched from every usable source at once, each piece
  * verified in memory before it touches the disk, the whole-file sha256 computed on a worker in
@@ -20,9 +21,9 @@ import {
 import { defaultPieceSize, type PieceIndex, pieceCount, pieceRange } from '@llmesh/manifest'
 import { DownloadError, type SourceFailure, systemErrorCode } from './errors.js'
 import { Journal } from './journal.js'
-import { type HasherMessage, PieceHashers, PieceSlots } from './piece-hashers.js'
 import type { DownloadProgressEvent } from './progress.js'
 import { TokenBucket } from './token-bucket.js'
+import { type HasherMessage, PieceSlots, WholeFileHasher } from './whole-file-hasher.js'
 
 /** How the finished file was proven right. */
 export type Verification =
@@ -171,14 +172,29 @@ interface SourceState {
   lastRoundRate: number
 }
 
-interface PieceRequest {
-  piece: number
-  /** The piece buffer this request fills. */
-  slot: number
+/**
+ * One request to one source. It carries one piece: longer runs of pieces per request measured no
+ * faster here, and they let a server push bytes past a piece boundary that a crash then wastes.
+ * The receive loop would handle a run as it is.
+ */
+interface Transfer {
   state: SourceState
   controller: AbortController
   startedAt: number
+  pieces: PieceRequest[]
 }
+
+/** One piece's claim inside a transfer, with the slot its bytes go to. */
+interface PieceRequest {
+  piece: number
+  slot: number
+  transfer: Transfer
+  /** False once its bytes are all in (then it is verified and written). */
+  receiving: boolean
+}
+
+/** Written bytes between two background flushes of the partial file. */
+const SYNC_EVERY_BYTES = 64 * 1024 * 1024
 
 class Superseded extends Error {
   constructor() {
@@ -285,6 +301,15 @@ export async function downloadBlob(options: DownloadBlobOptions): Promise<Downlo
     pieceSize,
   )
   const active = new Map<number, Set<PieceRequest>>()
+  /** Transfers whose bytes are still arriving. */
+  const transfers = new Set<Transfer>()
+  /** Pieces being written right now. */
+  const committing = new Set<number>()
+  // The file is flushed to disk in the background as it grows, so the flush that must precede
+  // publishing (a blob has to survive a power cut) has little left to do at the end.
+  let backgroundSync: Promise<void> = Promise.resolve()
+  let syncing = false
+  let unsyncedBytes = 0
   /** Sources that served a bad copy of a piece: asked for it again only when nobody else can. */
   const avoid = new Map<number, Set<SourceState>>()
   /** Verified pieces still in their slot, waiting for the digest to reach them. */
@@ -309,7 +334,7 @@ export async function downloadBlob(options: DownloadBlobOptions): Promise<Downlo
     resolve?.()
   }
   const hasherMessages: HasherMessage[] = []
-  const hasher = new PieceHashers(
+  const hasher = new WholeFileHasher(
     slots,
     options.partialPath,
     (message) => {
@@ -343,7 +368,7 @@ export async function downloadBlob(options: DownloadBlobOptions): Promise<Downlo
       for (const message of hasherMessages.splice(0)) onHasherMessage(message)
       if (wholeDigest !== undefined) break
       schedule()
-      const inFlight = [...active.values()].reduce((sum, set) => sum + set.size, 0)
+      const inFlight = receivingCount()
       const now = performance.now()
       const usable = states.filter((state) => !state.dropped)
       if (inFlight === 0 && done.size < count && usable.length === 0) throw exhausted()
@@ -372,8 +397,7 @@ export async function downloadBlob(options: DownloadBlobOptions): Promise<Downlo
       })
     }
   } catch (error) {
-    for (const requests of active.values())
-      for (const request of requests) request.controller.abort(error)
+    for (const transfer of transfers) transfer.controller.abort(error)
     await hasher.close()
     await file.close().catch(() => {})
     await journal.close()
@@ -400,6 +424,7 @@ export async function downloadBlob(options: DownloadBlobOptions): Promise<Downlo
           : `Every piece matched the manifest's piece hashes, but the file's sha256 is ${sha256}, not ${expected}: the manifest contradicts itself. Ask its publisher for a corrected one.`,
     })
   }
+  await backgroundSync
   await file.sync()
   await file.close()
   const verification: Verification =
@@ -417,6 +442,11 @@ export async function downloadBlob(options: DownloadBlobOptions): Promise<Downlo
 
   function rangeOf(index: number) {
     return pieceRange(index, size, pieceSize)
+  }
+
+  /** Requests still receiving bytes: what counts against `connections`. */
+  function receivingCount(): number {
+    return transfers.size
   }
 
   function lowestMissingIndex(): number | undefined {
@@ -437,7 +467,7 @@ export async function downloadBlob(options: DownloadBlobOptions): Promise<Downlo
 
   function schedule(): void {
     const now = performance.now()
-    let inFlight = [...active.values()].reduce((sum, set) => sum + set.size, 0)
+    let inFlight = receivingCount()
     let progressed = true
     while (progressed && inFlight < connections && ensureSlot()) {
       progressed = false
@@ -487,10 +517,12 @@ export async function downloadBlob(options: DownloadBlobOptions): Promise<Downlo
     for (const requests of active.values()) {
       if (requests.size !== 1) continue
       const [request] = requests
-      if (request === undefined || now - request.startedAt < hedgeDelay()) continue
+      if (request === undefined || !request.receiving) continue
+      if (now - request.transfer.startedAt < hedgeDelay()) continue
       // Another connection to the same source helps only when there is no other source at all.
-      if (request.state === state && others.length > 0) continue
-      if (candidate === undefined || request.startedAt < candidate.startedAt) candidate = request
+      if (request.transfer.state === state && others.length > 0) continue
+      if (candidate === undefined || request.transfer.startedAt < candidate.transfer.startedAt)
+        candidate = request
     }
     if (candidate !== undefined) {
       log('hedging piece %d of %s on %s', candidate.piece, digestKey, state.source.id)
@@ -498,7 +530,7 @@ export async function downloadBlob(options: DownloadBlobOptions): Promise<Downlo
         sha256: expected,
         piece: candidate.piece,
         source: state.source.id,
-        slowSource: candidate.state.source.id,
+        slowSource: candidate.transfer.state.source.id,
       })
     }
     return candidate?.piece
@@ -514,39 +546,46 @@ export async function downloadBlob(options: DownloadBlobOptions): Promise<Downlo
     for (const requests of active.values()) {
       if (requests.size !== 1) continue
       const [request] = requests
-      if (request !== undefined) earliest = Math.min(earliest, request.startedAt + hedgeDelay())
+      if (request?.receiving)
+        earliest = Math.min(earliest, request.transfer.startedAt + hedgeDelay())
     }
     return earliest
   }
 
-  function start(piece: number, state: SourceState): void {
-    const slot = slots.acquire()
-    if (slot === undefined) throw new Error('no free piece slot: ensureSlot() must run first')
-    const request: PieceRequest = {
-      piece,
-      slot,
+  function start(first: number, state: SourceState): void {
+    const transfer: Transfer = {
       state,
       controller: new AbortController(),
       startedAt: performance.now(),
+      pieces: [],
     }
-    const requests = active.get(piece) ?? new Set()
-    active.set(piece, requests)
-    requests.add(request)
+    const claim = (piece: number, slot: number) => {
+      const request: PieceRequest = { piece, slot, transfer, receiving: true }
+      const requests = active.get(piece) ?? new Set()
+      active.set(piece, requests)
+      requests.add(request)
+      transfer.pieces.push(request)
+    }
+    const firstSlot = slots.acquire()
+    if (firstSlot === undefined) throw new Error('no free piece slot: ensureSlot() must run first')
+    claim(first, firstSlot)
+    transfers.add(transfer)
     state.active++
     hostLimiter?.opened(state.host)
     if (state.attempt.outcome === 'unused') state.attempt.outcome = 'ok'
-    void fetchPiece(request).then(
-      (bytes) => settle(request, bytes, undefined),
-      (error: unknown) => settle(request, undefined, error),
-    )
+    void runTransfer(transfer)
   }
 
-  async function fetchPiece(request: PieceRequest): Promise<Uint8Array> {
-    const { start: from, end } = rangeOf(request.piece)
-    const { state, controller } = request
-    const bytes = slots.view(request.slot, end - from)
-    let received = 0
-    // One timer per request, pushed back on every chunk (refresh() is cheaper than a new timer).
+  async function runTransfer(transfer: Transfer): Promise<void> {
+    const { state, controller, pieces } = transfer
+    const from = rangeOf(pieces[0]!.piece).start
+    const end = rangeOf(pieces.at(-1)!.piece).end
+    let current = 0
+    let filled = 0
+    let failure: unknown
+    // Each piece is hashed as its bytes stream in: no second pass, no copy, no thread hop.
+    let pieceHash = pieceIndex === undefined ? undefined : createHash('sha256')
+    // One timer per transfer, pushed back on every chunk (refresh() is cheaper than a new timer).
     const timer = setTimeout(
       () =>
         controller.abort(
@@ -568,15 +607,31 @@ export async function downloadBlob(options: DownloadBlobOptions): Promise<Downlo
         end,
         signal: requestSignal,
       })) {
-        if (received + chunk.byteLength > bytes.byteLength)
-          throw new ByteSourceError({
-            failure: 'misbehaved',
-            source: state.source.id,
-            digest: expected,
-            message: `${state.source.id} sent more than the ${bytes.byteLength} bytes of piece ${request.piece}`,
-          })
-        bytes.set(chunk, received)
-        received += chunk.byteLength
+        for (let offset = 0; offset < chunk.byteLength; ) {
+          const request = pieces[current]
+          if (request === undefined)
+            throw new ByteSourceError({
+              failure: 'misbehaved',
+              source: state.source.id,
+              digest: expected,
+              message: `${state.source.id} sent more than the ${end - from} bytes asked for`,
+            })
+          const range = rangeOf(request.piece)
+          const view = slots.view(request.slot, range.end - range.start)
+          const take = Math.min(view.byteLength - filled, chunk.byteLength - offset)
+          const part = chunk.subarray(offset, offset + take)
+          view.set(part, filled)
+          pieceHash?.update(part)
+          filled += take
+          offset += take
+          if (filled === view.byteLength) {
+            request.receiving = false
+            void pieceReceived(request, view, pieceHash?.digest())
+            pieceHash = pieceIndex === undefined ? undefined : createHash('sha256')
+            current++
+            filled = 0
+          }
+        }
         receivedBytes += chunk.byteLength
         state.attempt.bytes += chunk.byteLength
         state.roundBytes += chunk.byteLength
@@ -588,66 +643,89 @@ export async function downloadBlob(options: DownloadBlobOptions): Promise<Downlo
         if (globalBandwidth !== undefined)
           await globalBandwidth.take(chunk.byteLength, { signal: requestSignal })
       }
+      if (current < pieces.length)
+        throw new ByteSourceError({
+          failure: 'misbehaved',
+          source: state.source.id,
+          digest: expected,
+          message: `${state.source.id} sent ${rangeOf(pieces[current]!.piece).start - from + filled} of the ${end - from} bytes asked for`,
+        })
     } catch (error) {
-      if (controller.signal.aborted) throw controller.signal.reason
-      throw error
+      failure = controller.signal.aborted ? controller.signal.reason : error
     } finally {
       clearTimeout(timer)
     }
-    if (received !== bytes.byteLength)
-      throw new ByteSourceError({
-        failure: 'misbehaved',
-        source: state.source.id,
-        digest: expected,
-        message: `${state.source.id} sent ${received} of the ${bytes.byteLength} bytes of piece ${request.piece}`,
-      })
-    if (pieceIndex !== undefined) {
-      const digest = await hasher.hashSlot(request.slot, bytes.byteLength)
-      if (!Buffer.from(digest).equals(pieceIndex.hashOf(request.piece)))
-        throw new CorruptPiece(request.piece)
-    }
-    return bytes
-  }
-
-  function settle(request: PieceRequest, bytes: Uint8Array | undefined, error: unknown): void {
-    const { piece, state } = request
+    // The connection is free as soon as the bytes are in: verification does not hold it.
+    transfers.delete(transfer)
     state.active--
     hostLimiter?.closed(state.host)
-    if (bytes !== undefined && !done.has(piece)) {
-      // Still in the set until written, so nobody starts this piece again meanwhile.
-      void commit(request, bytes).then(
-        () => {
-          removeRequest(request)
-          notify()
-        },
-        (writeError: unknown) => {
-          removeRequest(request)
-          slots.release(request.slot)
-          fatal ??= writeError
-          notify()
-        },
-      )
-      return
+    // Pieces this transfer did not finish go back to the pool.
+    for (const request of pieces.slice(current)) {
+      request.receiving = false
+      release(request)
     }
-    removeRequest(request)
-    slots.release(request.slot)
-    if (error !== undefined) onFailure(request, error)
+    if (failure !== undefined)
+      onFailure(state, pieces[current]?.piece ?? pieces.at(-1)!.piece, failure)
     notify()
   }
 
-  function removeRequest(request: PieceRequest): void {
+  /** Gives a piece claim up: the piece goes back to the pool, its slot to the free list. */
+  function release(request: PieceRequest): void {
+    unclaim(request)
+    slots.release(request.slot)
+  }
+
+  function unclaim(request: PieceRequest): void {
     const requests = active.get(request.piece)
     requests?.delete(request)
     if (requests?.size === 0) active.delete(request.piece)
   }
 
+  /** A piece's bytes are in: verify it, then write and journal it, unless another copy won. */
+  async function pieceReceived(
+    request: PieceRequest,
+    bytes: Uint8Array,
+    digest: Buffer | undefined,
+  ): Promise<void> {
+    const { piece, transfer } = request
+    try {
+      if (done.has(piece)) return release(request)
+      if (pieceIndex !== undefined && digest !== undefined) {
+        if (!digest.equals(pieceIndex.hashOf(piece))) {
+          release(request)
+          onCorrupt(transfer.state, piece)
+          return
+        }
+      }
+      // Two copies may both verify: only the first one is written.
+      if (done.has(piece) || committing.has(piece)) return release(request)
+      committing.add(piece)
+      try {
+        await commit(request, bytes)
+      } finally {
+        committing.delete(piece)
+      }
+      // The slot now belongs to the digest (`waiting`), not to the claim.
+      unclaim(request)
+    } catch (error) {
+      release(request)
+      fatal ??= error
+    } finally {
+      notify()
+    }
+  }
+
   async function commit(request: PieceRequest, bytes: Uint8Array): Promise<void> {
-    const { piece, state } = request
+    const { piece, transfer } = request
+    const { state } = transfer
+    // A copy still arriving elsewhere is cancelled when it is all its transfer has left to do.
     for (const other of active.get(piece) ?? [])
-      if (other !== request) other.controller.abort(new Superseded())
+      if (other !== request && other.receiving && other.transfer.pieces.at(-1) === other)
+        other.transfer.controller.abort(new Superseded())
     const { start: position } = rangeOf(piece)
     try {
       await file.write(bytes, position)
+      await journal.append(piece)
     } catch (error) {
       if (systemErrorCode(error) === 'ENOSPC')
         throw new DownloadError({
@@ -660,12 +738,26 @@ export async function downloadBlob(options: DownloadBlobOptions): Promise<Downlo
         })
       throw error
     }
-    await journal.append(piece)
     done.add(piece)
     verifiedBytes += bytes.byteLength
+    unsyncedBytes += bytes.byteLength
+    if (unsyncedBytes >= SYNC_EVERY_BYTES && !syncing) {
+      unsyncedBytes = 0
+      syncing = true
+      backgroundSync = file.sync().then(
+        () => {
+          syncing = false
+        },
+        (error: unknown) => {
+          syncing = false
+          fatal ??= error
+          notify()
+        },
+      )
+    }
     state.attempt.pieces++
     state.consecutiveFailures = 0
-    const elapsed = performance.now() - request.startedAt
+    const elapsed = performance.now() - transfer.startedAt
     typicalPieceMs = typicalPieceMs === 0 ? elapsed : 0.8 * typicalPieceMs + 0.2 * elapsed
     adapt(state)
     waiting.set(piece, request.slot)
@@ -742,24 +834,25 @@ export async function downloadBlob(options: DownloadBlobOptions): Promise<Downlo
     lowestMissing = Math.min(lowestMissing, message.index)
   }
 
-  function onFailure(request: PieceRequest, error: unknown): void {
-    const { state, piece } = request
+  /** A source sent a piece whose hash is wrong: blame it, and ask someone else next time. */
+  function onCorrupt(state: SourceState, piece: number): void {
+    state.attempt.failures++
+    state.attempt.corruptPieces.push(piece)
+    const sources = avoid.get(piece) ?? new Set()
+    avoid.set(piece, sources)
+    sources.add(state)
+    emitProgress(options, 'download:piece-rejected', {
+      sha256: expected,
+      piece,
+      source: state.source.id,
+    })
+    strike(state, `served piece ${piece} with the wrong bytes`)
+  }
+
+  function onFailure(state: SourceState, piece: number, error: unknown): void {
     if (error instanceof Superseded || (isAbortError(error) && signal?.aborted)) return
     state.attempt.failures++
     const now = performance.now()
-    if (error instanceof CorruptPiece) {
-      state.attempt.corruptPieces.push(piece)
-      const sources = avoid.get(piece) ?? new Set()
-      avoid.set(piece, sources)
-      sources.add(state)
-      emitProgress(options, 'download:piece-rejected', {
-        sha256: expected,
-        piece,
-        source: state.source.id,
-      })
-      strike(state, `served piece ${piece} with the wrong bytes`)
-      return
-    }
     const failure = ByteSourceError.isInstance(error) ? error.failure : 'unavailable'
     const message = error instanceof Error ? error.message : String(error)
     state.attempt.error = { code: errorCode(error), message }
@@ -809,9 +902,8 @@ export async function downloadBlob(options: DownloadBlobOptions): Promise<Downlo
       source: state.source.id,
       reason: why,
     })
-    for (const requests of active.values())
-      for (const request of requests)
-        if (request.state === state) request.controller.abort(new Superseded())
+    for (const transfer of transfers)
+      if (transfer.state === state) transfer.controller.abort(new Superseded())
   }
 
   function exhausted(): DownloadError {
@@ -859,12 +951,6 @@ export async function downloadBlob(options: DownloadBlobOptions): Promise<Downlo
       resumedBytes,
       bySource: { ...bySource },
     })
-  }
-}
-
-class CorruptPiece extends Error {
-  constructor(readonly piece: number) {
-    super(`piece ${piece} failed verification`)
   }
 }
 

@@ -13,6 +13,7 @@ import {
 } from '@llmesh/core'
 import {
   type Artifact,
+  defaultPieceSize,
   type Manifest,
   PieceIndex,
   parseManifest,
@@ -227,7 +228,8 @@ export function createDownloader(options: DownloaderOptions): Downloader {
       const lock = await tryLock(store.lockPath(key))
       if ('holder' in lock) {
         // Another process downloads this blob: report its progress until it is done.
-        const pieceSize = blob.pieceIndex?.pieceSize ?? 1
+        // The same piece size the holder's engine uses, so its journal converts to bytes.
+        const pieceSize = blob.pieceIndex?.pieceSize ?? defaultPieceSize(blob.size)
         await waitForRelease(store.lockPath(key), {
           signal,
           onWait: async (holder) => {

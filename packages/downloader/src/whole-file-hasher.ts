@@ -1,11 +1,12 @@
 import { Worker } from 'node:worker_threads'
 
 /**
- * Hashing off the main thread, on pieces that live in a shared slot pool (`PieceSlots`), so no
- * byte is copied to reach a worker and no buffer is allocated per piece.
+ * The whole-file sha256, computed on a worker thread in the same pass as the download, on pieces
+ * that live in a shared slot pool (`PieceSlots`): no byte is copied to reach the worker and no
+ * buffer is allocated per piece. (Each piece's own hash is computed on the main thread as its
+ * bytes stream in, which needs no copy and no thread hop.)
  *
- * Two workers run this code: one verifies pieces (a SHA-256 per piece, in any order), the other
- * computes the whole-file sha256, which must see the bytes in order. Pieces reach the digest in
+ * SHA-256 must see the bytes in order, but pieces land in any order. Pieces reach the digest in
  * order: from their slot while they still hold one, or read back from the partial file when they
  * do not (pieces that landed far ahead of the cursor, and pieces from a previous run). A piece
  * read back is checked against its expected hash before it enters the digest, so a piece damaged
@@ -23,11 +24,6 @@ let fd
 const slot = (index, length) => shared.subarray(index * slotBytes, index * slotBytes + length)
 parentPort.on('message', (message) => {
   switch (message.type) {
-    case 'verify': {
-      const digest = createHash('sha256').update(slot(message.slot, message.length)).digest()
-      parentPort.postMessage({ type: 'verified', id: message.id, digest })
-      return
-    }
     case 'finish':
       if (message.count !== next) return
       if (fd !== undefined) closeSync(fd)
@@ -108,11 +104,8 @@ export type HasherMessage =
   | { type: 'bad'; index: number }
   | { type: 'read'; index: number; bytes: number }
 
-export class PieceHashers {
-  private readonly verifier: Worker
-  private readonly digester: Worker
-  private readonly pending = new Map<number, (digest: Uint8Array) => void>()
-  private nextId = 0
+export class WholeFileHasher {
+  private readonly worker: Worker
 
   constructor(
     slots: PieceSlots,
@@ -120,36 +113,22 @@ export class PieceHashers {
     onMessage: (message: HasherMessage) => void,
     onError: (error: Error) => void,
   ) {
-    const workerData = { shared: slots.shared, slotBytes: slots.slotBytes, path: partialPath }
-    this.verifier = new Worker(workerSource, { eval: true, workerData })
-    this.digester = new Worker(workerSource, { eval: true, workerData })
-    this.verifier.on('message', (message: { id: number; digest: Uint8Array }) => {
-      const resolve = this.pending.get(message.id)
-      this.pending.delete(message.id)
-      resolve?.(message.digest)
+    this.worker = new Worker(workerSource, {
+      eval: true,
+      workerData: { shared: slots.shared, slotBytes: slots.slotBytes, path: partialPath },
     })
-    this.digester.on('message', onMessage)
-    this.verifier.on('error', onError)
-    this.digester.on('error', onError)
+    this.worker.on('message', onMessage)
+    this.worker.on('error', onError)
   }
 
-  /** The SHA-256 of `length` bytes in `slot`. */
-  hashSlot(slot: number, length: number): Promise<Uint8Array> {
-    const id = this.nextId++
-    return new Promise((resolve) => {
-      this.pending.set(id, resolve)
-      this.verifier.postMessage({ type: 'verify', id, slot, length })
-    })
-  }
-
-  /** Piece `index` enters the whole-file digest from its slot; `digested` frees the slot. */
+  /** Piece `index` enters the digest from its slot; `digested` frees the slot. */
   digestSlot(index: number, slot: number, length: number): void {
-    this.digester.postMessage({ type: 'digest', index, slot, length })
+    this.worker.postMessage({ type: 'digest', index, slot, length })
   }
 
   /** Piece `index` enters the digest after being read back from the partial file and checked. */
   readBack(index: number, start: number, end: number, expected: Uint8Array | undefined): void {
-    this.digester.postMessage({
+    this.worker.postMessage({
       type: 'read',
       index,
       start,
@@ -160,10 +139,10 @@ export class PieceHashers {
 
   /** Asks for the digest once `count` pieces went in; ignored by the worker if one was bad. */
   finish(count: number): void {
-    this.digester.postMessage({ type: 'finish', count })
+    this.worker.postMessage({ type: 'finish', count })
   }
 
   async close(): Promise<void> {
-    await Promise.all([this.verifier.terminate(), this.digester.terminate()])
+    await this.worker.terminate()
   }
 }
