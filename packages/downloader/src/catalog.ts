@@ -68,10 +68,7 @@ export async function fetchCatalog(
       }
     } catch (error) {
       if (options.signal?.aborted) throw error
-      const code =
-        typeof error === 'object' && error !== null && 'code' in error
-          ? String(error.code)
-          : 'LLMESH_CATALOG_UNAVAILABLE'
+      const code = errorCode(error, 'LLMESH_CATALOG_UNAVAILABLE')
       const text = (error as Error).message
       const hint =
         code === 'LLMESH_UNSIGNED' || code === 'LLMESH_UNTRUSTED_KEY'
@@ -133,10 +130,7 @@ export async function precache(
       emitProgress({ onProgress: options.onModel }, 'precache:model-done', { model, ok: true })
     } catch (error) {
       if (options.signal?.aborted) throw error
-      const code =
-        typeof error === 'object' && error !== null && 'code' in error
-          ? String(error.code)
-          : 'LLMESH_UNKNOWN'
+      const code = errorCode(error, 'LLMESH_UNKNOWN')
       result.failed.push({ model, code, message: (error as Error).message })
       emitProgress({ onProgress: options.onModel }, 'precache:model-done', {
         model,
@@ -159,4 +153,10 @@ export async function precache(
       { result },
     )
   return result
+}
+
+function errorCode(error: unknown, fallback: string): string {
+  return typeof error === 'object' && error !== null && 'code' in error
+    ? String(error.code)
+    : fallback
 }

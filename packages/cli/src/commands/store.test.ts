@@ -3,17 +3,10 @@ import { join } from 'node:path'
 import { createTempDir, startMirror, type TempDir, writeTinyGguf } from '@llmesh/testkit'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { exitCodes } from '../exit-codes.js'
-import { run } from '../program.js'
-import { captureIo } from '../test-io.js'
+import { llmesh } from '../test-io.js'
 
 let directory: TempDir
 const at = (name: string) => join(directory.path, name)
-
-async function llmesh(...argv: string[]) {
-  const io = captureIo()
-  const code = await run(argv, { io })
-  return { code, out: io.out(), err: io.err() }
-}
 
 beforeAll(async () => {
   directory = await createTempDir('llmesh-cli-store-')

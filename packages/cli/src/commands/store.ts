@@ -63,6 +63,19 @@ async function openStore(options: StoreOptions): Promise<ModelStore> {
   return ModelStore.open({ root: options.store ?? defaultStoreRoot() })
 }
 
+/** Runs `body` on the store named by the options, closing it afterwards whatever happens. */
+async function withOpenStore<Result>(
+  options: StoreOptions,
+  body: (store: ModelStore) => Promise<Result> | Result,
+): Promise<Result> {
+  const store = await openStore(options)
+  try {
+    return await body(store)
+  } finally {
+    store.close()
+  }
+}
+
 async function trustedKeys(files: string[] | undefined): Promise<TrustedKey[] | undefined> {
   if (files === undefined) return undefined
   return Promise.all(
@@ -187,8 +200,7 @@ export function registerStoreCommands(program: Command, context: CommandContext)
   withStore(program.command('ls').description('list the models in the store')).action(
     async (options: StoreOptions) => {
       const output = context.output()
-      const store = await openStore(options)
-      try {
+      await withOpenStore(options, async (store) => {
         const models = store.list()
         const rows = models.map((model) => [
           `${model.id}@${model.version}`,
@@ -204,9 +216,7 @@ export function registerStoreCommands(program: Command, context: CommandContext)
             ? `no models in ${store.root}`
             : table(['MODEL', 'STAGE', 'STATUS', 'SIZE', 'PIN', 'PATH'], rows),
         )
-      } finally {
-        store.close()
-      }
+      })
     },
   )
 
@@ -215,8 +225,7 @@ export function registerStoreCommands(program: Command, context: CommandContext)
     .option('--force', 'remove even a pinned or in-use model')
     .action(async (reference: string, options: StoreOptions & { force?: boolean }) => {
       const output = context.output()
-      const store = await openStore(options)
-      try {
+      await withOpenStore(options, async (store) => {
         const { removed, freedBytes } = await store.remove(reference, {
           force: options.force === true,
         })
@@ -224,9 +233,7 @@ export function registerStoreCommands(program: Command, context: CommandContext)
           { removed, freedBytes },
           `removed ${removed.id}@${removed.version}, freed ${formatBytes(freedBytes)}`,
         )
-      } finally {
-        store.close()
-      }
+      })
     })
 
   withStore(program.command('pin').description('keep a model through prune and rm'))
@@ -234,13 +241,10 @@ export function registerStoreCommands(program: Command, context: CommandContext)
     .option('--remove', 'unpin instead')
     .action(async (reference: string, options: StoreOptions & { remove?: boolean }) => {
       const output = context.output()
-      const store = await openStore(options)
-      try {
+      await withOpenStore(options, async (store) => {
         const model = store.pin(reference, options.remove !== true)
         output.result(model, `${model.pinned ? 'pinned' : 'unpinned'} ${model.id}@${model.version}`)
-      } finally {
-        store.close()
-      }
+      })
     })
 
   withStore(
@@ -258,8 +262,7 @@ export function registerStoreCommands(program: Command, context: CommandContext)
     .action(
       async (options: StoreOptions & { keep: number; maxSize?: number; dryRun?: boolean }) => {
         const output = context.output()
-        const store = await openStore(options)
-        try {
+        await withOpenStore(options, async (store) => {
           const result = await store.prune({
             keepVersions: options.keep,
             ...(options.maxSize === undefined ? {} : { maxBytes: options.maxSize }),
@@ -272,9 +275,7 @@ export function registerStoreCommands(program: Command, context: CommandContext)
               ? 'nothing to prune'
               : `${options.dryRun ? 'would remove' : 'removed'} ${names.join(', ')} (${formatBytes(result.freedBytes)})`,
           )
-        } finally {
-          store.close()
-        }
+        })
       },
     )
 
@@ -284,8 +285,7 @@ export function registerStoreCommands(program: Command, context: CommandContext)
     .option('--remove', 'delete damaged files so the next pull fetches them again')
     .action(async (options: StoreOptions & { remove?: boolean }) => {
       const output = context.output()
-      const store = await openStore(options)
-      try {
+      await withOpenStore(options, async (store) => {
         const report = await store.verify({
           signal: context.signal,
           remove: options.remove === true,
@@ -300,16 +300,13 @@ export function registerStoreCommands(program: Command, context: CommandContext)
             code: 'LLMESH_STORE_DAMAGED',
             message: `${report.damaged.length} damaged files in ${store.root}${options.remove ? ' (removed; pull again)' : '; run llmesh verify --remove, then pull again'}`,
           })
-      } finally {
-        store.close()
-      }
+      })
     })
 
   withStore(program.command('du').description('show how much space the store uses')).action(
     async (options: StoreOptions) => {
       const output = context.output()
-      const store = await openStore(options)
-      try {
+      await withOpenStore(options, async (store) => {
         const usage = await store.usage()
         const rows = usage.models.map((model) => [
           `${model.id}@${model.version}`,
@@ -320,9 +317,7 @@ export function registerStoreCommands(program: Command, context: CommandContext)
           { root: store.root, ...usage },
           `${rows.length > 0 ? `${table(['MODEL', 'SIZE', 'PIN'], rows)}\n` : ''}files ${formatBytes(usage.blobBytes)} (shared files counted once), partial downloads ${formatBytes(usage.partialBytes)}, in ${store.root}`,
         )
-      } finally {
-        store.close()
-      }
+      })
     },
   )
 }
