@@ -1,0 +1,560 @@
+import { createHash, randomBytes, randomUUID, timingSafeEqual } from 'node:crypto'
+import type { AddressInfo } from 'node:net'
+import { serve } from '@hono/node-server'
+import { createLogger } from '@llmesh/core'
+import {
+  createCredentialSchema,
+  heartbeatSchema,
+  hostsQuerySchema,
+  listNodesQuerySchema,
+  type NetworkModel,
+  type NodeRecord,
+  type NodeState,
+  openApiDocument,
+  registerNodeSchema,
+  usageReportSchema,
+} from '@llmesh/registry-client'
+import { type Context, Hono } from 'hono'
+import { bodyLimit } from 'hono/body-limit'
+import { Counter, Gauge, Histogram, Registry as MetricsRegistry } from 'prom-client'
+import type { z } from 'zod'
+import { RegistryDatabase, type StoredCredential, type StoredNode } from './database.js'
+import { renderStatusPage } from './status-page.js'
+
+const log = createLogger('registry:server')
+
+export interface RegistryServerOptions {
+  /** SQLite file, or `:memory:`. Default `:memory:`. */
+  database?: string
+  /** Creates credentials; required for anything but public reads. */
+  adminToken?: string
+  /** Let anyone read nodes, hosts, models and the status page. Default false. */
+  publicReads?: boolean
+  /** The interval nodes are told to heartbeat at. Default 10 000 ms. */
+  heartbeatIntervalMs?: number
+  /** Missed heartbeats before a node is not-ready. Default 3. */
+  missedHeartbeats?: number
+  /** Time without a heartbeat before a node is removed. Default 5 minutes. */
+  removeAfterMs?: number
+  /** Write requests per second per credential, with a burst of twice that. Default 10. */
+  writesPerSecond?: number
+  /** Largest accepted request body. Default 64 KiB. */
+  bodyLimitBytes?: number
+  /** Seconds between status page refreshes. Default 5. */
+  statusRefreshSeconds?: number
+  /** The clock, replaceable so that tests move time instead of waiting. */
+  clock?: () => number
+}
+
+export interface Registry {
+  /** The Hono app: `app.fetch` is a standard fetch handler, embeddable anywhere. */
+  readonly app: Hono
+  /** Removes nodes silent for longer than `removeAfterMs`; runs on a timer once listening. */
+  sweep(): number
+  listen(options?: {
+    port?: number
+    host?: string
+  }): Promise<{ url: string; close(): Promise<void> }>
+  close(): void
+}
+
+type Role = 'admin' | 'node' | 'reader' | 'public'
+interface Caller {
+  role: Role
+  credentialId: string
+  nodeId: string | undefined
+}
+
+export function createRegistry(options: RegistryServerOptions = {}): Registry {
+  const clock = options.clock ?? Date.now
+  const heartbeatIntervalMs = options.heartbeatIntervalMs ?? 10_000
+  const notReadyAfterMs = heartbeatIntervalMs * (options.missedHeartbeats ?? 3)
+  const removeAfterMs = options.removeAfterMs ?? 5 * 60_000
+  const writesPerSecond = options.writesPerSecond ?? 10
+  const database = new RegistryDatabase(options.database ?? ':memory:')
+  const adminHash = options.adminToken === undefined ? undefined : hashToken(options.adminToken)
+
+  // Nodes live in memory for fast reads and in SQLite for restarts; every write goes to both.
+  const nodes = new Map<string, StoredNode>(
+    database.loadNodes().map((node) => [node.registration.nodeId, node]),
+  )
+  const credentialCache = new Map<string, StoredCredential | null>()
+  const buckets = new Map<string, { tokens: number; at: number }>()
+
+  const metrics = new MetricsRegistry()
+  const requestDuration = new Histogram({
+    name: 'llmesh_registry_request_duration_seconds',
+    help: 'Request latency by route',
+    labelNames: ['route', 'status'],
+    buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5],
+    registers: [metrics],
+  })
+  const heartbeats = new Counter({
+    name: 'llmesh_registry_heartbeats_total',
+    help: 'Heartbeats accepted',
+    registers: [metrics],
+  })
+  new Gauge({
+    name: 'llmesh_registry_nodes',
+    help: 'Nodes by state',
+    labelNames: ['state'],
+    registers: [metrics],
+    collect() {
+      const counts: Record<NodeState, number> = {
+        joining: 0,
+        ready: 0,
+        draining: 0,
+        'not-ready': 0,
+      }
+      const now = clock()
+      for (const node of nodes.values()) counts[stateOf(node, now)]++
+      for (const [state, value] of Object.entries(counts)) this.set({ state }, value)
+    },
+  })
+
+  function stateOf(node: StoredNode, now: number): NodeState {
+    if (node.draining) return 'draining'
+    if (node.lastHeartbeatAt === undefined)
+      return now - node.registeredAt <= notReadyAfterMs ? 'joining' : 'not-ready'
+    return now - node.lastHeartbeatAt <= notReadyAfterMs ? 'ready' : 'not-ready'
+  }
+
+  function recordOf(node: StoredNode, now: number): NodeRecord {
+    return {
+      ...node.registration,
+      state: stateOf(node, now),
+      registeredAt: new Date(node.registeredAt).toISOString(),
+      lastHeartbeatAt:
+        node.lastHeartbeatAt === undefined ? null : new Date(node.lastHeartbeatAt).toISOString(),
+      load: node.load ?? null,
+    }
+  }
+
+  function sweep(): number {
+    const now = clock()
+    let removed = 0
+    for (const [nodeId, node] of nodes) {
+      if (now - (node.lastHeartbeatAt ?? node.registeredAt) > removeAfterMs) {
+        nodes.delete(nodeId)
+        database.deleteNode(nodeId)
+        removed++
+      }
+    }
+    if (removed > 0) log('removed %d silent nodes', removed)
+    return removed
+  }
+
+  function matching(query: z.output<typeof listNodesQuerySchema>, now: number): NodeRecord[] {
+    const result: NodeRecord[] = []
+    for (const node of nodes.values()) {
+      if (now - (node.lastHeartbeatAt ?? node.registeredAt) > removeAfterMs) continue
+      const state = stateOf(node, now)
+      if (query.state !== undefined && state !== query.state) continue
+      if (
+        (query.model !== undefined ||
+          query.digest !== undefined ||
+          query.specialty !== undefined) &&
+        !node.registration.models.some(
+          (model) =>
+            (query.model === undefined || model.id === query.model) &&
+            (query.digest === undefined || model.digest === query.digest) &&
+            (query.specialty === undefined || model.specialties.includes(query.specialty)),
+        )
+      )
+        continue
+      result.push(recordOf(node, now))
+    }
+    return result
+  }
+
+  const app = new Hono()
+  app.onError((error, context) => {
+    log.error('%s %s failed: %s', context.req.method, context.req.path, error.message)
+    return problem(
+      context,
+      500,
+      'LLMESH_REGISTRY_INTERNAL',
+      'The registry failed to handle this request',
+    )
+  })
+  app.notFound((context) =>
+    problem(context, 404, 'LLMESH_NOT_FOUND', `No route ${context.req.method} ${context.req.path}`),
+  )
+  app.use('*', async (context, next) => {
+    const started = performance.now()
+    await next()
+    requestDuration.observe(
+      { route: context.req.routePath, status: String(context.res.status) },
+      (performance.now() - started) / 1000,
+    )
+  })
+  app.use(
+    '/v1/*',
+    bodyLimit({
+      maxSize: options.bodyLimitBytes ?? 64 * 1024,
+      onError: (context) =>
+        problem(
+          context,
+          413,
+          'LLMESH_BODY_TOO_LARGE',
+          `The request body is larger than ${options.bodyLimitBytes ?? 64 * 1024} bytes`,
+        ),
+    }),
+  )
+
+  /** Who is calling: from the bearer token, or public when reads are public and no token came. */
+  function caller(context: Context): Caller | undefined {
+    const header = context.req.header('authorization')
+    if (header === undefined)
+      return options.publicReads
+        ? { role: 'public', credentialId: 'public', nodeId: undefined }
+        : undefined
+    const token = /^Bearer (.+)$/.exec(header)?.[1]
+    if (token === undefined) return undefined
+    const hash = hashToken(token)
+    if (adminHash !== undefined && timingSafeEqual(Buffer.from(hash), Buffer.from(adminHash)))
+      return { role: 'admin', credentialId: 'admin', nodeId: undefined }
+    let credential = credentialCache.get(hash)
+    if (credential === undefined) {
+      credential = database.credentialByHash(hash) ?? null
+      credentialCache.set(hash, credential)
+    }
+    if (credential === null) return undefined
+    return { role: credential.role, credentialId: credential.id, nodeId: credential.nodeId }
+  }
+
+  /** Checks the caller may do `need`; answers 401/403/429 itself and returns undefined if not. */
+  function authorize(
+    context: Context,
+    need: 'read' | 'admin' | { node: string },
+  ): Caller | Response {
+    const who = caller(context)
+    if (who === undefined)
+      return problem(
+        context,
+        401,
+        'LLMESH_UNAUTHORIZED',
+        context.req.header('authorization')
+          ? 'Unknown credential'
+          : 'This registry needs a bearer token (Authorization: Bearer <token>)',
+      )
+    if (need === 'read') return who
+    if (need === 'admin')
+      return who.role === 'admin'
+        ? who
+        : problem(context, 403, 'LLMESH_FORBIDDEN', 'Only the admin token may do this')
+    if (who.role !== 'admin' && !(who.role === 'node' && who.nodeId === need.node))
+      return problem(
+        context,
+        403,
+        'LLMESH_FORBIDDEN',
+        who.role === 'node'
+          ? `This credential may write node ${who.nodeId} only, not ${need.node}`
+          : `A ${who.role} credential may not write nodes`,
+      )
+    // Writes are rate-limited per credential (token bucket, burst of two seconds' worth).
+    const now = clock()
+    const bucket = buckets.get(who.credentialId) ?? { tokens: writesPerSecond * 2, at: now }
+    bucket.tokens = Math.min(
+      writesPerSecond * 2,
+      bucket.tokens + ((now - bucket.at) / 1000) * writesPerSecond,
+    )
+    bucket.at = now
+    buckets.set(who.credentialId, bucket)
+    if (bucket.tokens < 1) {
+      context.header('retry-after', String(Math.ceil((1 - bucket.tokens) / writesPerSecond)))
+      return problem(
+        context,
+        429,
+        'LLMESH_RATE_LIMITED',
+        `More than ${writesPerSecond} writes per second from this credential`,
+      )
+    }
+    bucket.tokens -= 1
+    return who
+  }
+
+  async function body<Schema extends z.ZodType>(
+    context: Context,
+    schema: Schema,
+  ): Promise<z.output<Schema> | Response> {
+    let json: unknown
+    try {
+      json = await context.req.json()
+    } catch {
+      return problem(context, 400, 'LLMESH_INVALID_REQUEST', 'The body is not valid JSON')
+    }
+    return validated(context, schema, json, 'body')
+  }
+
+  function validated<Schema extends z.ZodType>(
+    context: Context,
+    schema: Schema,
+    value: unknown,
+    where: string,
+  ): z.output<Schema> | Response {
+    const result = schema.safeParse(value)
+    if (result.success) return result.data
+    const [issue] = result.error.issues
+    const field = issue === undefined ? '' : issue.path.map(String).join('.')
+    return problem(
+      context,
+      400,
+      'LLMESH_INVALID_REQUEST',
+      `${where}${field === '' ? '' : `.${field}`}: ${issue?.message ?? 'invalid'}`,
+      field === '' ? undefined : field,
+    )
+  }
+
+  app.get('/', (context) => {
+    const who = caller(context)
+    if (who === undefined)
+      return problem(
+        context,
+        401,
+        'LLMESH_UNAUTHORIZED',
+        'This registry needs a bearer token; enable public reads for the status page',
+      )
+    const now = clock()
+    return context.html(
+      renderStatusPage({
+        nodes: matching({}, now),
+        models: networkModels(now),
+        refreshSeconds: options.statusRefreshSeconds ?? 5,
+        now,
+      }),
+    )
+  })
+  app.get('/health', (context) => context.json({ status: 'ok' as const, nodes: nodes.size }))
+  app.get('/metrics', async (context) =>
+    context.text(await metrics.metrics(), 200, { 'content-type': metrics.contentType }),
+  )
+  app.get('/v1/openapi.json', (context) => context.json(openApiDocument()))
+
+  app.post('/v1/nodes', async (context) => {
+    const registration = await body(context, registerNodeSchema)
+    if (registration instanceof Response) return registration
+    const who = authorize(context, { node: registration.nodeId })
+    if (who instanceof Response) return who
+    const now = clock()
+    const node: StoredNode = {
+      registration,
+      registeredAt: now,
+      lastHeartbeatAt: undefined,
+      load: undefined,
+      draining: false,
+    }
+    database.upsertNode(registration, now)
+    nodes.set(registration.nodeId, node)
+    log('registered %s at %s', registration.nodeId, registration.endpoint)
+    return context.json(recordOf(node, now), 200)
+  })
+
+  app.post('/v1/nodes/:nodeId/heartbeat', async (context) => {
+    const nodeId = context.req.param('nodeId')
+    const who = authorize(context, { node: nodeId })
+    if (who instanceof Response) return who
+    const load = await body(context, heartbeatSchema)
+    if (load instanceof Response) return load
+    const node = nodes.get(nodeId)
+    if (node === undefined)
+      return problem(
+        context,
+        404,
+        'LLMESH_NODE_UNKNOWN',
+        `Node ${nodeId} is not registered (it may have expired): register again`,
+      )
+    const now = clock()
+    node.lastHeartbeatAt = now
+    node.load = load
+    database.heartbeat(nodeId, now, load)
+    heartbeats.inc()
+    return context.json(recordOf(node, now))
+  })
+
+  app.post('/v1/nodes/:nodeId/drain', (context) => {
+    const nodeId = context.req.param('nodeId')
+    const who = authorize(context, { node: nodeId })
+    if (who instanceof Response) return who
+    const node = nodes.get(nodeId)
+    if (node === undefined)
+      return problem(context, 404, 'LLMESH_NODE_UNKNOWN', `Node ${nodeId} is not registered`)
+    node.draining = true
+    database.drain(nodeId)
+    return context.json(recordOf(node, clock()))
+  })
+
+  app.delete('/v1/nodes/:nodeId', (context) => {
+    const nodeId = context.req.param('nodeId')
+    const who = authorize(context, { node: nodeId })
+    if (who instanceof Response) return who
+    if (!nodes.delete(nodeId))
+      return problem(context, 404, 'LLMESH_NODE_UNKNOWN', `Node ${nodeId} is not registered`)
+    database.deleteNode(nodeId)
+    return context.body(null, 204)
+  })
+
+  app.get('/v1/nodes', (context) => {
+    const who = authorize(context, 'read')
+    if (who instanceof Response) return who
+    const query = validated(context, listNodesQuerySchema, context.req.query(), 'query')
+    if (query instanceof Response) return query
+    return context.json({ nodes: matching(query, clock()) })
+  })
+
+  app.get('/v1/nodes/:nodeId', (context) => {
+    const who = authorize(context, 'read')
+    if (who instanceof Response) return who
+    const node = nodes.get(context.req.param('nodeId'))
+    if (node === undefined)
+      return problem(
+        context,
+        404,
+        'LLMESH_NODE_UNKNOWN',
+        `Node ${context.req.param('nodeId')} is not registered`,
+      )
+    return context.json(recordOf(node, clock()))
+  })
+
+  app.get('/v1/hosts', (context) => {
+    const who = authorize(context, 'read')
+    if (who instanceof Response) return who
+    const query = validated(context, hostsQuerySchema, context.req.query(), 'query')
+    if (query instanceof Response) return query
+    return context.json({ nodes: matching({ ...query, state: query.state ?? 'ready' }, clock()) })
+  })
+
+  function networkModels(now: number): NetworkModel[] {
+    const models = new Map<string, NetworkModel>()
+    for (const node of nodes.values()) {
+      if (now - (node.lastHeartbeatAt ?? node.registeredAt) > removeAfterMs) continue
+      const ready = stateOf(node, now) === 'ready'
+      for (const model of node.registration.models) {
+        const key = `${model.id}@${model.version}#${model.digest}`
+        const entry = models.get(key) ?? {
+          id: model.id,
+          version: model.version,
+          digest: model.digest,
+          hosts: 0,
+          readyHosts: 0,
+        }
+        entry.hosts++
+        if (ready) entry.readyHosts++
+        models.set(key, entry)
+      }
+    }
+    return [...models.values()].sort(
+      (a, b) => a.id.localeCompare(b.id) || a.version.localeCompare(b.version),
+    )
+  }
+
+  app.get('/v1/models', (context) => {
+    const who = authorize(context, 'read')
+    if (who instanceof Response) return who
+    return context.json({ models: networkModels(clock()) })
+  })
+
+  app.post('/v1/nodes/:nodeId/usage', async (context) => {
+    const nodeId = context.req.param('nodeId')
+    const who = authorize(context, { node: nodeId })
+    if (who instanceof Response) return who
+    const report = await body(context, usageReportSchema)
+    if (report instanceof Response) return report
+    if (!nodes.has(nodeId))
+      return problem(context, 404, 'LLMESH_NODE_UNKNOWN', `Node ${nodeId} is not registered`)
+    const now = clock()
+    database.insertUsage(
+      {
+        nodeId,
+        digest: report.digest,
+        requests: report.requests,
+        tokensGenerated: report.tokensGenerated,
+        periodStart: report.periodStart,
+        periodEnd: report.periodEnd,
+      },
+      now,
+    )
+    return context.json({
+      nodeId,
+      digest: report.digest ?? null,
+      requests: report.requests,
+      tokensGenerated: report.tokensGenerated,
+      reportedAt: new Date(now).toISOString(),
+    })
+  })
+
+  app.get('/v1/usage', (context) => {
+    const who = authorize(context, 'read')
+    if (who instanceof Response) return who
+    return context.json({ entries: database.usage() })
+  })
+
+  app.post('/v1/credentials', async (context) => {
+    const who = authorize(context, 'admin')
+    if (who instanceof Response) return who
+    const input = await body(context, createCredentialSchema)
+    if (input instanceof Response) return input
+    const token = `llmesh_${randomBytes(32).toString('base64url')}`
+    const credential: StoredCredential = {
+      id: randomUUID(),
+      name: input.name,
+      role: input.role,
+      nodeId: input.nodeId,
+    }
+    database.insertCredential(credential, hashToken(token), clock())
+    credentialCache.delete(hashToken(token))
+    return context.json({
+      id: credential.id,
+      name: credential.name,
+      role: credential.role,
+      nodeId: credential.nodeId ?? null,
+      token,
+    })
+  })
+
+  let sweeper: NodeJS.Timeout | undefined
+  return {
+    app,
+    sweep,
+    async listen({ port = 0, host = '127.0.0.1' } = {}) {
+      const server = serve({ fetch: app.fetch, port, hostname: host })
+      await new Promise<void>((resolve, reject) => {
+        server.once('listening', resolve)
+        server.once('error', reject)
+      })
+      sweeper ??= setInterval(sweep, Math.min(heartbeatIntervalMs, 60_000))
+      sweeper.unref()
+      const address = server.address() as AddressInfo
+      return {
+        url: `http://${host}:${address.port}`,
+        close: () =>
+          new Promise<void>((resolve, reject) => {
+            server.close((error) => (error ? reject(error) : resolve()))
+            if ('closeAllConnections' in server) server.closeAllConnections()
+          }),
+      }
+    },
+    close() {
+      clearInterval(sweeper)
+      database.close()
+    },
+  }
+}
+
+/** Credentials are random 256-bit tokens, so a plain SHA-256 is a safe stored form (no salt needed). */
+function hashToken(token: string): string {
+  return createHash('sha256').update(token).digest('hex')
+}
+
+function problem(
+  context: Context,
+  status: 400 | 401 | 403 | 404 | 413 | 429 | 500,
+  code: string,
+  message: string,
+  field?: string,
+): Response {
+  return context.json(
+    { error: { code, message, ...(field === undefined ? {} : { field }) } },
+    status,
+  )
+}
