@@ -2,6 +2,7 @@ import { enableLogging } from '@llmesh/core'
 import { Command, CommanderError } from 'commander'
 import { registerKeyCommands } from './commands/keys.js'
 import { registerManifestCommands } from './commands/manifest.js'
+import { registerRegistryCommands } from './commands/registry.js'
 import { registerStoreCommands } from './commands/store.js'
 import { registerTestkitCommands } from './commands/testkit.js'
 import { exitCodeFor, exitCodes } from './exit-codes.js'
@@ -35,6 +36,7 @@ export function createProgram(context: CommandContext): Command {
   registerManifestCommands(program, context)
   registerKeyCommands(program, context)
   registerStoreCommands(program, context)
+  registerRegistryCommands(program, context)
   registerTestkitCommands(program, context)
   for (const command of allCommands(program))
     command

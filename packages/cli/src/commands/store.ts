@@ -14,6 +14,7 @@ import { importTrustedKey, type Manifest, type TrustedKey } from '@llmesh/manife
 import type { Command } from 'commander'
 import type { CommandContext } from '../program.js'
 import { describeVerification, PullProgress } from '../pull-progress.js'
+import { table } from '../table.js'
 import { parseByteSize, parseInteger } from './option-parsers.js'
 
 interface StoreOptions {
@@ -340,18 +341,4 @@ function describePull(result: PullResult, store: ModelStore): string {
   }
   lines.push(`  path: ${store.modelPath(result.id, result.version)}`)
   return lines.join('\n')
-}
-
-function table(header: string[], rows: string[][]): string {
-  const widths = header.map((title, column) =>
-    Math.max(title.length, ...rows.map((row) => row[column]?.length ?? 0)),
-  )
-  return [header, ...rows]
-    .map((row) =>
-      row
-        .map((cell, column) => cell.padEnd(widths[column] ?? 0))
-        .join('  ')
-        .trimEnd(),
-    )
-    .join('\n')
 }
