@@ -16,6 +16,7 @@ import {
   endpoints,
   errorBodySchema,
   type Heartbeat,
+  type HeartbeatAck,
   type ListNodesQuery,
   type NetworkModel,
   type NodeRecord,
@@ -75,7 +76,7 @@ export interface RegistryClientOptions {
 
 export interface RegistryClient {
   register(registration: NodeRegistration, options?: AbortOptions): Promise<NodeRecord>
-  heartbeat(nodeId: string, heartbeat: Heartbeat, options?: AbortOptions): Promise<NodeRecord>
+  heartbeat(nodeId: string, heartbeat: Heartbeat, options?: AbortOptions): Promise<HeartbeatAck>
   drain(nodeId: string, options?: AbortOptions): Promise<NodeRecord>
   deregister(nodeId: string, options?: AbortOptions): Promise<void>
   listNodes(query?: ListNodesQuery, options?: AbortOptions): Promise<NodeRecord[]>

@@ -72,6 +72,13 @@ export const nodeRecordSchema = z.object({
   load: heartbeatSchema.nullable(),
 })
 
+/** What a heartbeat answers: small, since a thousand of them arrive every second. */
+export const heartbeatAckSchema = z.object({
+  nodeId: z.string(),
+  state: z.enum(nodeStates),
+  lastHeartbeatAt: z.string(),
+})
+
 export const listNodesQuerySchema = z.strictObject({
   state: z.enum(nodeStates).optional(),
   model: z.string().min(1).max(257).optional(),
@@ -151,6 +158,7 @@ export type NodeRegistration = z.input<typeof registerNodeSchema>
 export type ParsedNodeRegistration = z.output<typeof registerNodeSchema>
 export type Heartbeat = z.input<typeof heartbeatSchema>
 export type ParsedHeartbeat = z.output<typeof heartbeatSchema>
+export type HeartbeatAck = z.output<typeof heartbeatAckSchema>
 export type NodeRecord = z.output<typeof nodeRecordSchema>
 export type ListNodesQuery = z.input<typeof listNodesQuerySchema>
 export type NetworkModel = z.output<typeof networkModelSchema>
@@ -173,7 +181,7 @@ export const endpoints = {
     method: 'POST',
     path: '/v1/nodes/{nodeId}/heartbeat',
     body: heartbeatSchema,
-    response: nodeRecordSchema,
+    response: heartbeatAckSchema,
     auth: 'node',
   },
   drain: {

@@ -103,8 +103,17 @@ export class RegistryDatabase {
     this.statements.upsertNode.run(registration.nodeId, JSON.stringify(registration), registeredAt)
   }
 
-  heartbeat(nodeId: string, at: number, load: ParsedHeartbeat): void {
-    this.statements.heartbeat.run(at, JSON.stringify(load), nodeId)
+  /** Writes many heartbeats in one transaction (the registry batches them). */
+  heartbeats(entries: Iterable<{ nodeId: string; at: number; loadJson: string }>): void {
+    this.database.exec('BEGIN')
+    try {
+      for (const entry of entries)
+        this.statements.heartbeat.run(entry.at, entry.loadJson, entry.nodeId)
+      this.database.exec('COMMIT')
+    } catch (error) {
+      this.database.exec('ROLLBACK')
+      throw error
+    }
   }
 
   drain(nodeId: string): void {

@@ -79,6 +79,61 @@ export function createRegistry(options: RegistryServerOptions = {}): Registry {
     database.loadNodes().map((node) => [node.registration.nodeId, node]),
   )
   const credentialCache = new Map<string, StoredCredential | null>()
+
+  // What reads need, kept ready: each node's JSON pieces (so a lookup of hundreds of hosts only
+  // joins strings) and which nodes host which model id and digest (so it never scans them all).
+  interface NodeView {
+    /** The registration as JSON, without its closing brace. */
+    head: string
+    registeredAt: string
+    lastHeartbeatAt: string
+    loadJson: string
+  }
+  const views = new Map<string, NodeView>()
+  const byModel = new Map<string, Set<string>>()
+  const byDigest = new Map<string, Set<string>>()
+  const index = (node: StoredNode) => {
+    const nodeId = node.registration.nodeId
+    views.set(nodeId, {
+      head: JSON.stringify(node.registration).slice(0, -1),
+      registeredAt: JSON.stringify(new Date(node.registeredAt).toISOString()),
+      lastHeartbeatAt:
+        node.lastHeartbeatAt === undefined
+          ? 'null'
+          : JSON.stringify(new Date(node.lastHeartbeatAt).toISOString()),
+      loadJson: node.load === undefined ? 'null' : JSON.stringify(node.load),
+    })
+    for (const model of node.registration.models) {
+      for (const [map, key] of [
+        [byModel, model.id],
+        [byDigest, model.digest],
+      ] as const) {
+        const set = map.get(key) ?? new Set()
+        set.add(nodeId)
+        map.set(key, set)
+      }
+    }
+  }
+  const unindex = (node: StoredNode) => {
+    const nodeId = node.registration.nodeId
+    views.delete(nodeId)
+    for (const model of node.registration.models) {
+      byModel.get(model.id)?.delete(nodeId)
+      byDigest.get(model.digest)?.delete(nodeId)
+    }
+  }
+  for (const node of nodes.values()) index(node)
+
+  // Heartbeats reach SQLite in batches: a crash loses at most the last half second of them,
+  // which the next heartbeats replace anyway.
+  const pendingHeartbeats = new Map<string, { nodeId: string; at: number; loadJson: string }>()
+  const flushHeartbeats = () => {
+    if (pendingHeartbeats.size === 0) return
+    database.heartbeats(pendingHeartbeats.values())
+    pendingHeartbeats.clear()
+  }
+  const flusher = setInterval(flushHeartbeats, 500)
+  flusher.unref()
   const buckets = new Map<string, { tokens: number; at: number }>()
 
   const metrics = new MetricsRegistry()
@@ -136,6 +191,8 @@ export function createRegistry(options: RegistryServerOptions = {}): Registry {
     for (const [nodeId, node] of nodes) {
       if (now - (node.lastHeartbeatAt ?? node.registeredAt) > removeAfterMs) {
         nodes.delete(nodeId)
+        unindex(node)
+        pendingHeartbeats.delete(nodeId)
         database.deleteNode(nodeId)
         removed++
       }
@@ -144,26 +201,59 @@ export function createRegistry(options: RegistryServerOptions = {}): Registry {
     return removed
   }
 
+  /** The nodes a query selects: through the model or digest index when it names one. */
+  function* candidates(query: z.output<typeof listNodesQuerySchema>): Iterable<StoredNode> {
+    const ids =
+      query.model !== undefined
+        ? byModel.get(query.model)
+        : query.digest !== undefined
+          ? byDigest.get(query.digest)
+          : undefined
+    if (ids === undefined && (query.model !== undefined || query.digest !== undefined)) return
+    if (ids === undefined) {
+      yield* nodes.values()
+      return
+    }
+    for (const nodeId of ids) {
+      const node = nodes.get(nodeId)
+      if (node !== undefined) yield node
+    }
+  }
+
+  function selects(
+    query: z.output<typeof listNodesQuerySchema>,
+    node: StoredNode,
+    now: number,
+  ): boolean {
+    if (now - (node.lastHeartbeatAt ?? node.registeredAt) > removeAfterMs) return false
+    if (query.state !== undefined && stateOf(node, now) !== query.state) return false
+    if (query.model === undefined && query.digest === undefined && query.specialty === undefined)
+      return true
+    return node.registration.models.some(
+      (model) =>
+        (query.model === undefined || model.id === query.model) &&
+        (query.digest === undefined || model.digest === query.digest) &&
+        (query.specialty === undefined || model.specialties.includes(query.specialty)),
+    )
+  }
+
+  /** `{"nodes": [...]}` for a query, joined from each node's prepared JSON pieces. */
+  function nodesJson(query: z.output<typeof listNodesQuerySchema>, now: number): string {
+    const parts: string[] = []
+    for (const node of candidates(query)) {
+      if (!selects(query, node, now)) continue
+      const view = views.get(node.registration.nodeId)!
+      parts.push(
+        `${view.head},"state":"${stateOf(node, now)}","registeredAt":${view.registeredAt},"lastHeartbeatAt":${view.lastHeartbeatAt},"load":${view.loadJson}}`,
+      )
+    }
+    return `{"nodes":[${parts.join(',')}]}`
+  }
+
   function matching(query: z.output<typeof listNodesQuerySchema>, now: number): NodeRecord[] {
     const result: NodeRecord[] = []
-    for (const node of nodes.values()) {
-      if (now - (node.lastHeartbeatAt ?? node.registeredAt) > removeAfterMs) continue
-      const state = stateOf(node, now)
-      if (query.state !== undefined && state !== query.state) continue
-      if (
-        (query.model !== undefined ||
-          query.digest !== undefined ||
-          query.specialty !== undefined) &&
-        !node.registration.models.some(
-          (model) =>
-            (query.model === undefined || model.id === query.model) &&
-            (query.digest === undefined || model.digest === query.digest) &&
-            (query.specialty === undefined || model.specialties.includes(query.specialty)),
-        )
-      )
-        continue
-      result.push(recordOf(node, now))
-    }
+    for (const node of candidates(query))
+      if (selects(query, node, now)) result.push(recordOf(node, now))
     return result
   }
 
@@ -345,7 +435,11 @@ export function createRegistry(options: RegistryServerOptions = {}): Registry {
       draining: false,
     }
     database.upsertNode(registration, now)
+    const previous = nodes.get(registration.nodeId)
+    if (previous !== undefined) unindex(previous)
+    pendingHeartbeats.delete(registration.nodeId)
     nodes.set(registration.nodeId, node)
+    index(node)
     log('registered %s at %s', registration.nodeId, registration.endpoint)
     return context.json(recordOf(node, now), 200)
   })
@@ -367,9 +461,13 @@ export function createRegistry(options: RegistryServerOptions = {}): Registry {
     const now = clock()
     node.lastHeartbeatAt = now
     node.load = load
-    database.heartbeat(nodeId, now, load)
+    const view = views.get(nodeId)!
+    const at = new Date(now).toISOString()
+    view.lastHeartbeatAt = JSON.stringify(at)
+    view.loadJson = JSON.stringify(load)
+    pendingHeartbeats.set(nodeId, { nodeId, at: now, loadJson: view.loadJson })
     heartbeats.inc()
-    return context.json(recordOf(node, now))
+    return context.json({ nodeId, state: stateOf(node, now), lastHeartbeatAt: at })
   })
 
   app.post('/v1/nodes/:nodeId/drain', (context) => {
@@ -388,8 +486,12 @@ export function createRegistry(options: RegistryServerOptions = {}): Registry {
     const nodeId = context.req.param('nodeId')
     const who = authorize(context, { node: nodeId })
     if (who instanceof Response) return who
-    if (!nodes.delete(nodeId))
+    const node = nodes.get(nodeId)
+    if (node === undefined)
       return problem(context, 404, 'LLMESH_NODE_UNKNOWN', `Node ${nodeId} is not registered`)
+    nodes.delete(nodeId)
+    unindex(node)
+    pendingHeartbeats.delete(nodeId)
     database.deleteNode(nodeId)
     return context.body(null, 204)
   })
@@ -399,7 +501,7 @@ export function createRegistry(options: RegistryServerOptions = {}): Registry {
     if (who instanceof Response) return who
     const query = validated(context, listNodesQuerySchema, context.req.query(), 'query')
     if (query instanceof Response) return query
-    return context.json({ nodes: matching(query, clock()) })
+    return context.body(nodesJson(query, clock()), 200, { 'content-type': 'application/json' })
   })
 
   app.get('/v1/nodes/:nodeId', (context) => {
@@ -421,7 +523,9 @@ export function createRegistry(options: RegistryServerOptions = {}): Registry {
     if (who instanceof Response) return who
     const query = validated(context, hostsQuerySchema, context.req.query(), 'query')
     if (query instanceof Response) return query
-    return context.json({ nodes: matching({ ...query, state: query.state ?? 'ready' }, clock()) })
+    return context.body(nodesJson({ ...query, state: query.state ?? 'ready' }, clock()), 200, {
+      'content-type': 'application/json',
+    })
   })
 
   function networkModels(now: number): NetworkModel[] {
@@ -536,6 +640,8 @@ export function createRegistry(options: RegistryServerOptions = {}): Registry {
     },
     close() {
       clearInterval(sweeper)
+      clearInterval(flusher)
+      flushHeartbeats()
       database.close()
     },
   }

@@ -74,10 +74,7 @@ export function registerRegistryCommands(program: Command, context: CommandConte
         heartbeatInterval: number
       }) => {
         const output = context.output()
-        if (options.db !== ':memory:')
-          await import('node:fs/promises').then(({ mkdir }) =>
-            mkdir(new URL('.', `file://${options.db}`).pathname, { recursive: true }),
-          )
+        if (options.db !== ':memory:') await mkdir(dirname(options.db), { recursive: true })
         const instance = createRegistry({
           database: options.db,
           ...(options.adminToken === undefined ? {} : { adminToken: options.adminToken }),
