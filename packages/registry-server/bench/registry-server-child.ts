@@ -5,7 +5,7 @@ const [database = ':memory:'] = process.argv.slice(2)
 const registry = createRegistry({ database, adminToken: 'bench-admin' })
 const { url } = await registry.listen()
 console.log(JSON.stringify({ url }))
-process.on('SIGTERM', () => {
-  registry.close()
+process.on('SIGTERM', async () => {
+  await registry.close()
   process.exit(0)
 })

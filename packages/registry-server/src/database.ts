@@ -1,4 +1,5 @@
 import { DatabaseSync } from 'node:sqlite'
+import { Worker } from 'node:worker_threads'
 import type {
   NodeRegistration,
   ParsedHeartbeat,
@@ -21,6 +22,20 @@ export interface StoredCredential {
   role: 'node' | 'reader'
   nodeId: string | undefined
 }
+
+const writerSource = `
+const { parentPort, workerData } = require('node:worker_threads')
+const { DatabaseSync } = require('node:sqlite')
+const database = new DatabaseSync(workerData.path, { timeout: 5000 })
+database.exec('PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;')
+const update = database.prepare('UPDATE nodes SET last_heartbeat_at = ?, load = ? WHERE id = ?')
+parentPort.on('message', (message) => {
+  if (message === 'settle') return parentPort.postMessage('settled')
+  database.exec('BEGIN')
+  for (const entry of message) update.run(entry.at, entry.loadJson, entry.nodeId)
+  database.exec('COMMIT')
+})
+`
 
 /** Append-only schema migrations; `PRAGMA user_version` counts those applied. */
 const migrations = [
@@ -61,10 +76,14 @@ const migrations = [
 export class RegistryDatabase {
   private readonly database: DatabaseSync
   private readonly statements
+  private readonly writer: Worker | undefined
 
   constructor(path: string) {
     this.database = new DatabaseSync(path, { timeout: 5_000 })
-    this.database.exec('PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;')
+    // Checkpoints run on the writer's connection, off the event loop (see `heartbeats`).
+    this.database.exec(
+      `PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;${path === ':memory:' ? '' : ' PRAGMA wal_autocheckpoint = 0;'}`,
+    )
     const { user_version: version } = this.database.prepare('PRAGMA user_version').get() as {
       user_version: number
     }
@@ -74,6 +93,11 @@ export class RegistryDatabase {
       this.database.exec(`PRAGMA user_version = ${index + 1}`)
       this.database.exec('COMMIT')
     }
+    this.writer =
+      path === ':memory:'
+        ? undefined
+        : new Worker(writerSource, { eval: true, workerData: { path } })
+    this.writer?.unref()
     const prepare = (sql: string) => this.database.prepare(sql)
     this.statements = {
       upsertNode: prepare(
@@ -103,8 +127,17 @@ export class RegistryDatabase {
     this.statements.upsertNode.run(registration.nodeId, JSON.stringify(registration), registeredAt)
   }
 
-  /** Writes many heartbeats in one transaction (the registry batches them). */
-  heartbeats(entries: Iterable<{ nodeId: string; at: number; loadJson: string }>): void {
+  /**
+   * Writes a batch of heartbeats in one transaction, on a worker thread with its own connection:
+   * node:sqlite is synchronous, and a WAL checkpoint (with its fsync) would otherwise stall every
+   * request for tens of milliseconds. In-memory databases have no second connection, so they
+   * write here.
+   */
+  heartbeats(entries: Array<{ nodeId: string; at: number; loadJson: string }>): void {
+    if (this.writer !== undefined) {
+      this.writer.postMessage(entries)
+      return
+    }
     this.database.exec('BEGIN')
     try {
       for (const entry of entries)
@@ -114,6 +147,16 @@ export class RegistryDatabase {
       this.database.exec('ROLLBACK')
       throw error
     }
+  }
+
+  /** Waits until every heartbeat handed to the writer is on disk. */
+  async settle(): Promise<void> {
+    const writer = this.writer
+    if (writer === undefined) return
+    await new Promise<void>((resolve) => {
+      writer.once('message', () => resolve())
+      writer.postMessage('settle')
+    })
   }
 
   drain(nodeId: string): void {
@@ -194,7 +237,9 @@ export class RegistryDatabase {
     )
   }
 
-  close(): void {
+  async close(): Promise<void> {
+    await this.settle()
+    await this.writer?.terminate()
     this.database.close()
   }
 }

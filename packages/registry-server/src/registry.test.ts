@@ -53,7 +53,7 @@ async function start(options: Parameters<typeof createRegistry>[0] = {}) {
     url: server.url,
     async close() {
       await server.close()
-      registry.close()
+      await registry.close()
       running.splice(running.indexOf(entry), 1)
     },
   }

@@ -89,10 +89,16 @@ export function createRegistry(options: RegistryServerOptions = {}): Registry {
     lastHeartbeatAt: string
     loadJson: string
   }
+  // Host lookups are answered from a short-lived cache: within its second, loads may be a second
+  // old and a node that just went silent may still be listed; a registration, drain or removal
+  // clears it at once. Routers count their own in-flight requests anyway (heartbeats are older).
+  const LOOKUP_CACHE_MS = 1_000
+  const lookupCache = new Map<string, { at: number; json: string }>()
   const views = new Map<string, NodeView>()
   const byModel = new Map<string, Set<string>>()
   const byDigest = new Map<string, Set<string>>()
   const index = (node: StoredNode) => {
+    lookupCache.clear()
     const nodeId = node.registration.nodeId
     views.set(nodeId, {
       head: JSON.stringify(node.registration).slice(0, -1),
@@ -115,6 +121,7 @@ export function createRegistry(options: RegistryServerOptions = {}): Registry {
     }
   }
   const unindex = (node: StoredNode) => {
+    lookupCache.clear()
     const nodeId = node.registration.nodeId
     views.delete(nodeId)
     for (const model of node.registration.models) {
@@ -124,15 +131,15 @@ export function createRegistry(options: RegistryServerOptions = {}): Registry {
   }
   for (const node of nodes.values()) index(node)
 
-  // Heartbeats reach SQLite in batches: a crash loses at most the last half second of them,
-  // which the next heartbeats replace anyway.
+  // Heartbeats reach SQLite in small batches: a crash loses at most the last tenth of a second
+  // of them, which the next heartbeats replace anyway, and no batch stalls the event loop.
   const pendingHeartbeats = new Map<string, { nodeId: string; at: number; loadJson: string }>()
   const flushHeartbeats = () => {
     if (pendingHeartbeats.size === 0) return
-    database.heartbeats(pendingHeartbeats.values())
+    database.heartbeats([...pendingHeartbeats.values()])
     pendingHeartbeats.clear()
   }
-  const flusher = setInterval(flushHeartbeats, 500)
+  const flusher = setInterval(flushHeartbeats, 100)
   flusher.unref()
   const buckets = new Map<string, { tokens: number; at: number }>()
 
@@ -235,6 +242,17 @@ export function createRegistry(options: RegistryServerOptions = {}): Registry {
         (query.digest === undefined || model.digest === query.digest) &&
         (query.specialty === undefined || model.specialties.includes(query.specialty)),
     )
+  }
+
+  function cachedNodesJson(query: z.output<typeof listNodesQuerySchema>, now: number): string {
+    const key = JSON.stringify(query)
+    const cached = lookupCache.get(key)
+    if (cached !== undefined && now - cached.at < LOOKUP_CACHE_MS && now >= cached.at)
+      return cached.json
+    const json = nodesJson(query, now)
+    if (lookupCache.size > 10_000) lookupCache.clear()
+    lookupCache.set(key, { at: now, json })
+    return json
   }
 
   /** `{"nodes": [...]}` for a query, joined from each node's prepared JSON pieces. */
@@ -478,6 +496,7 @@ export function createRegistry(options: RegistryServerOptions = {}): Registry {
     if (node === undefined)
       return problem(context, 404, 'LLMESH_NODE_UNKNOWN', `Node ${nodeId} is not registered`)
     node.draining = true
+    lookupCache.clear()
     database.drain(nodeId)
     return context.json(recordOf(node, clock()))
   })
@@ -523,9 +542,13 @@ export function createRegistry(options: RegistryServerOptions = {}): Registry {
     if (who instanceof Response) return who
     const query = validated(context, hostsQuerySchema, context.req.query(), 'query')
     if (query instanceof Response) return query
-    return context.body(nodesJson({ ...query, state: query.state ?? 'ready' }, clock()), 200, {
-      'content-type': 'application/json',
-    })
+    return context.body(
+      cachedNodesJson({ ...query, state: query.state ?? 'ready' }, clock()),
+      200,
+      {
+        'content-type': 'application/json',
+      },
+    )
   })
 
   function networkModels(now: number): NetworkModel[] {
@@ -638,11 +661,11 @@ export function createRegistry(options: RegistryServerOptions = {}): Registry {
           }),
       }
     },
-    close() {
+    async close() {
       clearInterval(sweeper)
       clearInterval(flusher)
       flushHeartbeats()
-      database.close()
+      await database.close()
     },
   }
 }

@@ -65,7 +65,7 @@ describe('status page', () => {
     } finally {
       await page.close()
       await server.close()
-      registry.close()
+      await registry.close()
     }
   })
 })

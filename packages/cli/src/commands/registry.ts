@@ -93,7 +93,7 @@ export function registerRegistryCommands(program: Command, context: CommandConte
           else context.signal.addEventListener('abort', () => resolve(), { once: true })
         })
         await server.close()
-        instance.close()
+        await instance.close()
         output.info('registry stopped')
       },
     )
