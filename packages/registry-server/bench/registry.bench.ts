@@ -25,6 +25,8 @@ const { values } = parseArgs({
     seconds: { type: 'string', default: '60' },
     'lookups-per-second': { type: 'string', default: '200' },
     smoke: { type: 'boolean', default: false },
+    /** Load a registry already running (admin token `bench-admin`) instead of starting one. */
+    url: { type: 'string' },
   },
 })
 const smoke = values.smoke === true
@@ -49,17 +51,25 @@ const summary = (latencies: number[]) => {
 const digestOf = (index: number) => index.toString(16).padStart(64, '0')
 
 const folder = await mkdtemp(join(tmpdir(), 'llmesh-bench-registry-'))
-const child = spawn(
-  process.execPath,
-  [new URL('./registry-server-child.ts', import.meta.url).pathname, join(folder, 'registry.db')],
-  { stdio: ['ignore', 'pipe', 'inherit'] },
-)
-const url = await new Promise<string>((resolve, reject) => {
-  child.stdout.once('data', (chunk: Buffer) =>
-    resolve((JSON.parse(chunk.toString()) as { url: string }).url),
-  )
-  child.once('exit', (code) => reject(new Error(`registry exited ${code}`)))
-})
+const child =
+  values.url === undefined
+    ? spawn(
+        process.execPath,
+        [
+          new URL('./registry-server-child.ts', import.meta.url).pathname,
+          join(folder, 'registry.db'),
+        ],
+        { stdio: ['ignore', 'pipe', 'inherit'] },
+      )
+    : undefined
+const url =
+  values.url ??
+  (await new Promise<string>((resolve, reject) => {
+    child!.stdout!.once('data', (chunk: Buffer) =>
+      resolve((JSON.parse(chunk.toString()) as { url: string }).url),
+    )
+    child!.once('exit', (code) => reject(new Error(`registry exited ${code}`)))
+  }))
 
 const pool = new Pool(url, { connections: 64, pipelining: 1 })
 try {
@@ -263,6 +273,6 @@ try {
   if (heartbeatErrors + lookupErrors > 0 && smoke) process.exitCode = 1
 } finally {
   await pool.close()
-  child.kill('SIGTERM')
+  child?.kill('SIGTERM')
   await rm(folder, { recursive: true, force: true })
 }
