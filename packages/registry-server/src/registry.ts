@@ -1,6 +1,6 @@
 import { createHash, randomBytes, randomUUID, timingSafeEqual } from 'node:crypto'
+import { createServer, type RequestListener } from 'node:http'
 import type { AddressInfo } from 'node:net'
-import { serve } from '@hono/node-server'
 import { createLogger } from '@llmesh/core'
 import {
   createCredentialSchema,
@@ -14,11 +14,10 @@ import {
   registerNodeSchema,
   usageReportSchema,
 } from '@llmesh/registry-client'
-import { type Context, Hono } from 'hono'
-import { bodyLimit } from 'hono/body-limit'
 import { Counter, Gauge, Histogram, Registry as MetricsRegistry } from 'prom-client'
 import type { z } from 'zod'
 import { RegistryDatabase, type StoredCredential, type StoredNode } from './database.js'
+import { type Exchange, Reply, Router } from './http.js'
 import { renderStatusPage } from './status-page.js'
 
 const log = createLogger('registry:server')
@@ -47,8 +46,8 @@ export interface RegistryServerOptions {
 }
 
 export interface Registry {
-  /** The Hono app: `app.fetch` is a standard fetch handler, embeddable anywhere. */
-  readonly app: Hono
+  /** The `node:http` request listener: embed the registry in any Node HTTP server. */
+  readonly listener: RequestListener
   /** Removes nodes silent for longer than `removeAfterMs`; runs on a timer once listening. */
   sweep(): number
   listen(options?: {
@@ -93,7 +92,7 @@ export function createRegistry(options: RegistryServerOptions = {}): Registry {
   // old and a node that just went silent may still be listed; a registration, drain or removal
   // clears it at once. Routers count their own in-flight requests anyway (heartbeats are older).
   const LOOKUP_CACHE_MS = 1_000
-  const lookupCache = new Map<string, { at: number; json: string }>()
+  const lookupCache = new Map<string, { at: number; json: Buffer }>()
   const views = new Map<string, NodeView>()
   const byModel = new Map<string, Set<string>>()
   const byDigest = new Map<string, Set<string>>()
@@ -244,12 +243,13 @@ export function createRegistry(options: RegistryServerOptions = {}): Registry {
     )
   }
 
-  function cachedNodesJson(query: z.output<typeof listNodesQuerySchema>, now: number): string {
+  function cachedNodesJson(query: z.output<typeof listNodesQuerySchema>, now: number): Buffer {
     const key = JSON.stringify(query)
     const cached = lookupCache.get(key)
     if (cached !== undefined && now - cached.at < LOOKUP_CACHE_MS && now >= cached.at)
       return cached.json
-    const json = nodesJson(query, now)
+    // Encoded once, sent as bytes to every reader within the second.
+    const json = Buffer.from(nodesJson(query, now))
     if (lookupCache.size > 10_000) lookupCache.clear()
     lookupCache.set(key, { at: now, json })
     return json
@@ -275,44 +275,27 @@ export function createRegistry(options: RegistryServerOptions = {}): Registry {
     return result
   }
 
-  const app = new Hono()
-  app.onError((error, context) => {
-    log.error('%s %s failed: %s', context.req.method, context.req.path, error.message)
-    return problem(
-      context,
-      500,
-      'LLMESH_REGISTRY_INTERNAL',
-      'The registry failed to handle this request',
-    )
+  const bodyLimitBytes = options.bodyLimitBytes ?? 64 * 1024
+  const router = new Router({
+    bodyLimitBytes,
+    onTooLarge: () =>
+      problem(
+        413,
+        'LLMESH_BODY_TOO_LARGE',
+        `The request body is larger than ${bodyLimitBytes} bytes`,
+      ),
+    onNotFound: (method, path) => problem(404, 'LLMESH_NOT_FOUND', `No route ${method} ${path}`),
+    onError: (error, method, path) => {
+      log.error('%s %s failed: %s', method, path, (error as Error).message)
+      return problem(500, 'LLMESH_REGISTRY_INTERNAL', 'The registry failed to handle this request')
+    },
+    onDone: (route, status, seconds) =>
+      requestDuration.observe({ route, status: String(status) }, seconds),
   })
-  app.notFound((context) =>
-    problem(context, 404, 'LLMESH_NOT_FOUND', `No route ${context.req.method} ${context.req.path}`),
-  )
-  app.use('*', async (context, next) => {
-    const started = performance.now()
-    await next()
-    requestDuration.observe(
-      { route: context.req.routePath, status: String(context.res.status) },
-      (performance.now() - started) / 1000,
-    )
-  })
-  app.use(
-    '/v1/*',
-    bodyLimit({
-      maxSize: options.bodyLimitBytes ?? 64 * 1024,
-      onError: (context) =>
-        problem(
-          context,
-          413,
-          'LLMESH_BODY_TOO_LARGE',
-          `The request body is larger than ${options.bodyLimitBytes ?? 64 * 1024} bytes`,
-        ),
-    }),
-  )
 
   /** Who is calling: from the bearer token, or public when reads are public and no token came. */
-  function caller(context: Context): Caller | undefined {
-    const header = context.req.header('authorization')
+  function caller(context: Exchange): Caller | undefined {
+    const header = context.header('authorization')
     if (header === undefined)
       return options.publicReads
         ? { role: 'public', credentialId: 'public', nodeId: undefined }
@@ -332,17 +315,13 @@ export function createRegistry(options: RegistryServerOptions = {}): Registry {
   }
 
   /** Checks the caller may do `need`; answers 401/403/429 itself and returns undefined if not. */
-  function authorize(
-    context: Context,
-    need: 'read' | 'admin' | { node: string },
-  ): Caller | Response {
+  function authorize(context: Exchange, need: 'read' | 'admin' | { node: string }): Caller | Reply {
     const who = caller(context)
     if (who === undefined)
       return problem(
-        context,
         401,
         'LLMESH_UNAUTHORIZED',
-        context.req.header('authorization')
+        context.header('authorization')
           ? 'Unknown credential'
           : 'This registry needs a bearer token (Authorization: Bearer <token>)',
       )
@@ -350,10 +329,9 @@ export function createRegistry(options: RegistryServerOptions = {}): Registry {
     if (need === 'admin')
       return who.role === 'admin'
         ? who
-        : problem(context, 403, 'LLMESH_FORBIDDEN', 'Only the admin token may do this')
+        : problem(403, 'LLMESH_FORBIDDEN', 'Only the admin token may do this')
     if (who.role !== 'admin' && !(who.role === 'node' && who.nodeId === need.node))
       return problem(
-        context,
         403,
         'LLMESH_FORBIDDEN',
         who.role === 'node'
@@ -370,12 +348,12 @@ export function createRegistry(options: RegistryServerOptions = {}): Registry {
     bucket.at = now
     buckets.set(who.credentialId, bucket)
     if (bucket.tokens < 1) {
-      context.header('retry-after', String(Math.ceil((1 - bucket.tokens) / writesPerSecond)))
       return problem(
-        context,
         429,
         'LLMESH_RATE_LIMITED',
         `More than ${writesPerSecond} writes per second from this credential`,
+        undefined,
+        { 'retry-after': String(Math.ceil((1 - bucket.tokens) / writesPerSecond)) },
       )
     }
     bucket.tokens -= 1
@@ -383,30 +361,29 @@ export function createRegistry(options: RegistryServerOptions = {}): Registry {
   }
 
   async function body<Schema extends z.ZodType>(
-    context: Context,
+    context: Exchange,
     schema: Schema,
-  ): Promise<z.output<Schema> | Response> {
+  ): Promise<z.output<Schema> | Reply> {
     let json: unknown
     try {
-      json = await context.req.json()
+      json = context.json()
     } catch {
-      return problem(context, 400, 'LLMESH_INVALID_REQUEST', 'The body is not valid JSON')
+      return problem(400, 'LLMESH_INVALID_REQUEST', 'The body is not valid JSON')
     }
     return validated(context, schema, json, 'body')
   }
 
   function validated<Schema extends z.ZodType>(
-    context: Context,
+    context: Exchange,
     schema: Schema,
     value: unknown,
     where: string,
-  ): z.output<Schema> | Response {
+  ): z.output<Schema> | Reply {
     const result = schema.safeParse(value)
     if (result.success) return result.data
     const [issue] = result.error.issues
     const field = issue === undefined ? '' : issue.path.map(String).join('.')
     return problem(
-      context,
       400,
       'LLMESH_INVALID_REQUEST',
       `${where}${field === '' ? '' : `.${field}`}: ${issue?.message ?? 'invalid'}`,
@@ -414,36 +391,39 @@ export function createRegistry(options: RegistryServerOptions = {}): Registry {
     )
   }
 
-  app.get('/', (context) => {
+  router.get('/', (context) => {
     const who = caller(context)
     if (who === undefined)
       return problem(
-        context,
         401,
         'LLMESH_UNAUTHORIZED',
         'This registry needs a bearer token; enable public reads for the status page',
       )
     const now = clock()
-    return context.html(
+    return new Reply(
+      200,
       renderStatusPage({
         nodes: matching({}, now),
         models: networkModels(now),
         refreshSeconds: options.statusRefreshSeconds ?? 5,
         now,
       }),
+      { 'content-type': 'text/html; charset=utf-8' },
     )
   })
-  app.get('/health', (context) => context.json({ status: 'ok' as const, nodes: nodes.size }))
-  app.get('/metrics', async (context) =>
-    context.text(await metrics.metrics(), 200, { 'content-type': metrics.contentType }),
+  router.get('/health', (context) => Reply.json({ status: 'ok' as const, nodes: nodes.size }))
+  router.get(
+    '/metrics',
+    async (context) =>
+      new Reply(200, await metrics.metrics(), { 'content-type': metrics.contentType }),
   )
-  app.get('/v1/openapi.json', (context) => context.json(openApiDocument()))
+  router.get('/v1/openapi.json', (context) => Reply.json(openApiDocument()))
 
-  app.post('/v1/nodes', async (context) => {
+  router.post('/v1/nodes', async (context) => {
     const registration = await body(context, registerNodeSchema)
-    if (registration instanceof Response) return registration
+    if (registration instanceof Reply) return registration
     const who = authorize(context, { node: registration.nodeId })
-    if (who instanceof Response) return who
+    if (who instanceof Reply) return who
     const now = clock()
     const node: StoredNode = {
       registration,
@@ -459,19 +439,18 @@ export function createRegistry(options: RegistryServerOptions = {}): Registry {
     nodes.set(registration.nodeId, node)
     index(node)
     log('registered %s at %s', registration.nodeId, registration.endpoint)
-    return context.json(recordOf(node, now), 200)
+    return Reply.json(recordOf(node, now), 200)
   })
 
-  app.post('/v1/nodes/:nodeId/heartbeat', async (context) => {
-    const nodeId = context.req.param('nodeId')
+  router.post('/v1/nodes/:nodeId/heartbeat', async (context) => {
+    const nodeId = context.param('nodeId')
     const who = authorize(context, { node: nodeId })
-    if (who instanceof Response) return who
+    if (who instanceof Reply) return who
     const load = await body(context, heartbeatSchema)
-    if (load instanceof Response) return load
+    if (load instanceof Reply) return load
     const node = nodes.get(nodeId)
     if (node === undefined)
       return problem(
-        context,
         404,
         'LLMESH_NODE_UNKNOWN',
         `Node ${nodeId} is not registered (it may have expired): register again`,
@@ -485,70 +464,63 @@ export function createRegistry(options: RegistryServerOptions = {}): Registry {
     view.loadJson = JSON.stringify(load)
     pendingHeartbeats.set(nodeId, { nodeId, at: now, loadJson: view.loadJson })
     heartbeats.inc()
-    return context.json({ nodeId, state: stateOf(node, now), lastHeartbeatAt: at })
+    return Reply.json({ nodeId, state: stateOf(node, now), lastHeartbeatAt: at })
   })
 
-  app.post('/v1/nodes/:nodeId/drain', (context) => {
-    const nodeId = context.req.param('nodeId')
+  router.post('/v1/nodes/:nodeId/drain', (context) => {
+    const nodeId = context.param('nodeId')
     const who = authorize(context, { node: nodeId })
-    if (who instanceof Response) return who
+    if (who instanceof Reply) return who
     const node = nodes.get(nodeId)
     if (node === undefined)
-      return problem(context, 404, 'LLMESH_NODE_UNKNOWN', `Node ${nodeId} is not registered`)
+      return problem(404, 'LLMESH_NODE_UNKNOWN', `Node ${nodeId} is not registered`)
     node.draining = true
     lookupCache.clear()
     database.drain(nodeId)
-    return context.json(recordOf(node, clock()))
+    return Reply.json(recordOf(node, clock()))
   })
 
-  app.delete('/v1/nodes/:nodeId', (context) => {
-    const nodeId = context.req.param('nodeId')
+  router.delete('/v1/nodes/:nodeId', (context) => {
+    const nodeId = context.param('nodeId')
     const who = authorize(context, { node: nodeId })
-    if (who instanceof Response) return who
+    if (who instanceof Reply) return who
     const node = nodes.get(nodeId)
     if (node === undefined)
-      return problem(context, 404, 'LLMESH_NODE_UNKNOWN', `Node ${nodeId} is not registered`)
+      return problem(404, 'LLMESH_NODE_UNKNOWN', `Node ${nodeId} is not registered`)
     nodes.delete(nodeId)
     unindex(node)
     pendingHeartbeats.delete(nodeId)
     database.deleteNode(nodeId)
-    return context.body(null, 204)
+    return new Reply(204, '', {})
   })
 
-  app.get('/v1/nodes', (context) => {
+  router.get('/v1/nodes', (context) => {
     const who = authorize(context, 'read')
-    if (who instanceof Response) return who
-    const query = validated(context, listNodesQuerySchema, context.req.query(), 'query')
-    if (query instanceof Response) return query
-    return context.body(nodesJson(query, clock()), 200, { 'content-type': 'application/json' })
+    if (who instanceof Reply) return who
+    const query = validated(context, listNodesQuerySchema, context.query(), 'query')
+    if (query instanceof Reply) return query
+    return new Reply(200, nodesJson(query, clock()))
   })
 
-  app.get('/v1/nodes/:nodeId', (context) => {
+  router.get('/v1/nodes/:nodeId', (context) => {
     const who = authorize(context, 'read')
-    if (who instanceof Response) return who
-    const node = nodes.get(context.req.param('nodeId'))
+    if (who instanceof Reply) return who
+    const node = nodes.get(context.param('nodeId'))
     if (node === undefined)
       return problem(
-        context,
         404,
         'LLMESH_NODE_UNKNOWN',
-        `Node ${context.req.param('nodeId')} is not registered`,
+        `Node ${context.param('nodeId')} is not registered`,
       )
-    return context.json(recordOf(node, clock()))
+    return Reply.json(recordOf(node, clock()))
   })
 
-  app.get('/v1/hosts', (context) => {
+  router.get('/v1/hosts', (context) => {
     const who = authorize(context, 'read')
-    if (who instanceof Response) return who
-    const query = validated(context, hostsQuerySchema, context.req.query(), 'query')
-    if (query instanceof Response) return query
-    return context.body(
-      cachedNodesJson({ ...query, state: query.state ?? 'ready' }, clock()),
-      200,
-      {
-        'content-type': 'application/json',
-      },
-    )
+    if (who instanceof Reply) return who
+    const query = validated(context, hostsQuerySchema, context.query(), 'query')
+    if (query instanceof Reply) return query
+    return new Reply(200, cachedNodesJson({ ...query, state: query.state ?? 'ready' }, clock()))
   })
 
   function networkModels(now: number): NetworkModel[] {
@@ -575,20 +547,20 @@ export function createRegistry(options: RegistryServerOptions = {}): Registry {
     )
   }
 
-  app.get('/v1/models', (context) => {
+  router.get('/v1/models', (context) => {
     const who = authorize(context, 'read')
-    if (who instanceof Response) return who
-    return context.json({ models: networkModels(clock()) })
+    if (who instanceof Reply) return who
+    return Reply.json({ models: networkModels(clock()) })
   })
 
-  app.post('/v1/nodes/:nodeId/usage', async (context) => {
-    const nodeId = context.req.param('nodeId')
+  router.post('/v1/nodes/:nodeId/usage', async (context) => {
+    const nodeId = context.param('nodeId')
     const who = authorize(context, { node: nodeId })
-    if (who instanceof Response) return who
+    if (who instanceof Reply) return who
     const report = await body(context, usageReportSchema)
-    if (report instanceof Response) return report
+    if (report instanceof Reply) return report
     if (!nodes.has(nodeId))
-      return problem(context, 404, 'LLMESH_NODE_UNKNOWN', `Node ${nodeId} is not registered`)
+      return problem(404, 'LLMESH_NODE_UNKNOWN', `Node ${nodeId} is not registered`)
     const now = clock()
     database.insertUsage(
       {
@@ -601,7 +573,7 @@ export function createRegistry(options: RegistryServerOptions = {}): Registry {
       },
       now,
     )
-    return context.json({
+    return Reply.json({
       nodeId,
       digest: report.digest ?? null,
       requests: report.requests,
@@ -610,17 +582,17 @@ export function createRegistry(options: RegistryServerOptions = {}): Registry {
     })
   })
 
-  app.get('/v1/usage', (context) => {
+  router.get('/v1/usage', (context) => {
     const who = authorize(context, 'read')
-    if (who instanceof Response) return who
-    return context.json({ entries: database.usage() })
+    if (who instanceof Reply) return who
+    return Reply.json({ entries: database.usage() })
   })
 
-  app.post('/v1/credentials', async (context) => {
+  router.post('/v1/credentials', async (context) => {
     const who = authorize(context, 'admin')
-    if (who instanceof Response) return who
+    if (who instanceof Reply) return who
     const input = await body(context, createCredentialSchema)
-    if (input instanceof Response) return input
+    if (input instanceof Reply) return input
     const token = `llmesh_${randomBytes(32).toString('base64url')}`
     const credential: StoredCredential = {
       id: randomUUID(),
@@ -630,7 +602,7 @@ export function createRegistry(options: RegistryServerOptions = {}): Registry {
     }
     database.insertCredential(credential, hashToken(token), clock())
     credentialCache.delete(hashToken(token))
-    return context.json({
+    return Reply.json({
       id: credential.id,
       name: credential.name,
       role: credential.role,
@@ -641,13 +613,13 @@ export function createRegistry(options: RegistryServerOptions = {}): Registry {
 
   let sweeper: NodeJS.Timeout | undefined
   return {
-    app,
+    listener: router.listener,
     sweep,
     async listen({ port = 0, host = '127.0.0.1' } = {}) {
-      const server = serve({ fetch: app.fetch, port, hostname: host })
+      const server = createServer({ keepAliveTimeout: 30_000 }, router.listener)
       await new Promise<void>((resolve, reject) => {
-        server.once('listening', resolve)
         server.once('error', reject)
+        server.listen(port, host, () => resolve())
       })
       sweeper ??= setInterval(sweep, Math.min(heartbeatIntervalMs, 60_000))
       sweeper.unref()
@@ -657,7 +629,7 @@ export function createRegistry(options: RegistryServerOptions = {}): Registry {
         close: () =>
           new Promise<void>((resolve, reject) => {
             server.close((error) => (error ? reject(error) : resolve()))
-            if ('closeAllConnections' in server) server.closeAllConnections()
+            server.closeAllConnections()
           }),
       }
     },
@@ -676,14 +648,12 @@ function hashToken(token: string): string {
 }
 
 function problem(
-  context: Context,
   status: 400 | 401 | 403 | 404 | 413 | 429 | 500,
   code: string,
   message: string,
   field?: string,
-): Response {
-  return context.json(
-    { error: { code, message, ...(field === undefined ? {} : { field }) } },
-    status,
-  )
+  headers: Record<string, string> = {},
+): Reply {
+  const body = { error: { code, message, ...(field === undefined ? {} : { field }) } }
+  return new Reply(status, JSON.stringify(body), { 'content-type': 'application/json', ...headers })
 }
