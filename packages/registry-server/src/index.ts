@@ -13,6 +13,5 @@
  * console.log(`registry on ${url}; status page at ${url}/`)
  * ```
  */
-export { Exchange, Reply, Router } from './http.js'
 export { createRegistry, type Registry, type RegistryServerOptions } from './registry.js'
 export { renderStatusPage } from './status-page.js'

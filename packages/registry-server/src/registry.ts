@@ -370,11 +370,10 @@ export function createRegistry(options: RegistryServerOptions = {}): Registry {
     } catch {
       return problem(400, 'LLMESH_INVALID_REQUEST', 'The body is not valid JSON')
     }
-    return validated(context, schema, json, 'body')
+    return validated(schema, json, 'body')
   }
 
   function validated<Schema extends z.ZodType>(
-    context: Exchange,
     schema: Schema,
     value: unknown,
     where: string,
@@ -411,13 +410,12 @@ export function createRegistry(options: RegistryServerOptions = {}): Registry {
       { 'content-type': 'text/html; charset=utf-8' },
     )
   })
-  router.get('/health', (context) => Reply.json({ status: 'ok' as const, nodes: nodes.size }))
+  router.get('/health', () => Reply.json({ status: 'ok' as const, nodes: nodes.size }))
   router.get(
     '/metrics',
-    async (context) =>
-      new Reply(200, await metrics.metrics(), { 'content-type': metrics.contentType }),
+    async () => new Reply(200, await metrics.metrics(), { 'content-type': metrics.contentType }),
   )
-  router.get('/v1/openapi.json', (context) => Reply.json(openApiDocument()))
+  router.get('/v1/openapi.json', () => Reply.json(openApiDocument()))
 
   router.post('/v1/nodes', async (context) => {
     const registration = await body(context, registerNodeSchema)
@@ -497,7 +495,7 @@ export function createRegistry(options: RegistryServerOptions = {}): Registry {
   router.get('/v1/nodes', (context) => {
     const who = authorize(context, 'read')
     if (who instanceof Reply) return who
-    const query = validated(context, listNodesQuerySchema, context.query(), 'query')
+    const query = validated(listNodesQuerySchema, context.query(), 'query')
     if (query instanceof Reply) return query
     return new Reply(200, nodesJson(query, clock()))
   })
@@ -518,7 +516,7 @@ export function createRegistry(options: RegistryServerOptions = {}): Registry {
   router.get('/v1/hosts', (context) => {
     const who = authorize(context, 'read')
     if (who instanceof Reply) return who
-    const query = validated(context, hostsQuerySchema, context.query(), 'query')
+    const query = validated(hostsQuerySchema, context.query(), 'query')
     if (query instanceof Reply) return query
     return new Reply(200, cachedNodesJson({ ...query, state: query.state ?? 'ready' }, clock()))
   })
