@@ -447,12 +447,7 @@ export function createRegistry(options: RegistryServerOptions = {}): Registry {
     const load = await body(context, heartbeatSchema)
     if (load instanceof Reply) return load
     const node = nodes.get(nodeId)
-    if (node === undefined)
-      return problem(
-        404,
-        'LLMESH_NODE_UNKNOWN',
-        `Node ${nodeId} is not registered (it may have expired): register again`,
-      )
+    if (node === undefined) return unknownNode(nodeId, ' (it may have expired): register again')
     const now = clock()
     node.lastHeartbeatAt = now
     node.load = load
@@ -470,8 +465,7 @@ export function createRegistry(options: RegistryServerOptions = {}): Registry {
     const who = authorize(context, { node: nodeId })
     if (who instanceof Reply) return who
     const node = nodes.get(nodeId)
-    if (node === undefined)
-      return problem(404, 'LLMESH_NODE_UNKNOWN', `Node ${nodeId} is not registered`)
+    if (node === undefined) return unknownNode(nodeId)
     node.draining = true
     lookupCache.clear()
     database.drain(nodeId)
@@ -483,8 +477,7 @@ export function createRegistry(options: RegistryServerOptions = {}): Registry {
     const who = authorize(context, { node: nodeId })
     if (who instanceof Reply) return who
     const node = nodes.get(nodeId)
-    if (node === undefined)
-      return problem(404, 'LLMESH_NODE_UNKNOWN', `Node ${nodeId} is not registered`)
+    if (node === undefined) return unknownNode(nodeId)
     nodes.delete(nodeId)
     unindex(node)
     pendingHeartbeats.delete(nodeId)
@@ -504,12 +497,7 @@ export function createRegistry(options: RegistryServerOptions = {}): Registry {
     const who = authorize(context, 'read')
     if (who instanceof Reply) return who
     const node = nodes.get(context.param('nodeId'))
-    if (node === undefined)
-      return problem(
-        404,
-        'LLMESH_NODE_UNKNOWN',
-        `Node ${context.param('nodeId')} is not registered`,
-      )
+    if (node === undefined) return unknownNode(context.param('nodeId'))
     return Reply.json(recordOf(node, clock()))
   })
 
@@ -557,8 +545,7 @@ export function createRegistry(options: RegistryServerOptions = {}): Registry {
     if (who instanceof Reply) return who
     const report = await body(context, usageReportSchema)
     if (report instanceof Reply) return report
-    if (!nodes.has(nodeId))
-      return problem(404, 'LLMESH_NODE_UNKNOWN', `Node ${nodeId} is not registered`)
+    if (!nodes.has(nodeId)) return unknownNode(nodeId)
     const now = clock()
     database.insertUsage(
       {
@@ -643,6 +630,10 @@ export function createRegistry(options: RegistryServerOptions = {}): Registry {
 /** Credentials are random 256-bit tokens, so a plain SHA-256 is a safe stored form (no salt needed). */
 function hashToken(token: string): string {
   return createHash('sha256').update(token).digest('hex')
+}
+
+function unknownNode(nodeId: string, hint = ''): Reply {
+  return problem(404, 'LLMESH_NODE_UNKNOWN', `Node ${nodeId} is not registered${hint}`)
 }
 
 function problem(
