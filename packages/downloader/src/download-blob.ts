@@ -173,22 +173,16 @@ interface SourceState {
 }
 
 /**
- * One request to one source. It carries one piece: longer runs of pieces per request measured no
- * faster here, and they let a server push bytes past a piece boundary that a crash then wastes.
- * The receive loop would handle a run as it is.
+ * One request to one source for one piece, with the slot its bytes go to. (Longer runs of pieces
+ * per request measured no faster here, and they let a server push bytes past a piece boundary that
+ * a crash then wastes.)
  */
-interface Transfer {
-  state: SourceState
-  controller: AbortController
-  startedAt: number
-  pieces: PieceRequest[]
-}
-
-/** One piece's claim inside a transfer, with the slot its bytes go to. */
 interface PieceRequest {
   piece: number
   slot: number
-  transfer: Transfer
+  state: SourceState
+  controller: AbortController
+  startedAt: number
   /** False once its bytes are all in (then it is verified and written). */
   receiving: boolean
 }
@@ -301,8 +295,8 @@ export async function downloadBlob(options: DownloadBlobOptions): Promise<Downlo
     pieceSize,
   )
   const active = new Map<number, Set<PieceRequest>>()
-  /** Transfers whose bytes are still arriving. */
-  const transfers = new Set<Transfer>()
+  /** Requests whose bytes are still arriving: what counts against `connections`. */
+  const receiving = new Set<PieceRequest>()
   /** Pieces being written right now. */
   const committing = new Set<number>()
   // The file is flushed to disk in the background as it grows, so the flush that must precede
@@ -397,7 +391,7 @@ export async function downloadBlob(options: DownloadBlobOptions): Promise<Downlo
       })
     }
   } catch (error) {
-    for (const transfer of transfers) transfer.controller.abort(error)
+    for (const request of receiving) request.controller.abort(error)
     await hasher.close()
     await file.close().catch(() => {})
     await journal.close()
@@ -446,7 +440,7 @@ export async function downloadBlob(options: DownloadBlobOptions): Promise<Downlo
 
   /** Requests still receiving bytes: what counts against `connections`. */
   function receivingCount(): number {
-    return transfers.size
+    return receiving.size
   }
 
   function lowestMissingIndex(): number | undefined {
@@ -518,11 +512,10 @@ export async function downloadBlob(options: DownloadBlobOptions): Promise<Downlo
       if (requests.size !== 1) continue
       const [request] = requests
       if (request === undefined || !request.receiving) continue
-      if (now - request.transfer.startedAt < hedgeDelay()) continue
+      if (now - request.startedAt < hedgeDelay()) continue
       // Another connection to the same source helps only when there is no other source at all.
-      if (request.transfer.state === state && others.length > 0) continue
-      if (candidate === undefined || request.transfer.startedAt < candidate.transfer.startedAt)
-        candidate = request
+      if (request.state === state && others.length > 0) continue
+      if (candidate === undefined || request.startedAt < candidate.startedAt) candidate = request
     }
     if (candidate !== undefined) {
       log('hedging piece %d of %s on %s', candidate.piece, digestKey, state.source.id)
@@ -530,7 +523,7 @@ export async function downloadBlob(options: DownloadBlobOptions): Promise<Downlo
         sha256: expected,
         piece: candidate.piece,
         source: state.source.id,
-        slowSource: candidate.transfer.state.source.id,
+        slowSource: candidate.state.source.id,
       })
     }
     return candidate?.piece
@@ -546,46 +539,41 @@ export async function downloadBlob(options: DownloadBlobOptions): Promise<Downlo
     for (const requests of active.values()) {
       if (requests.size !== 1) continue
       const [request] = requests
-      if (request?.receiving)
-        earliest = Math.min(earliest, request.transfer.startedAt + hedgeDelay())
+      if (request?.receiving) earliest = Math.min(earliest, request.startedAt + hedgeDelay())
     }
     return earliest
   }
 
-  function start(first: number, state: SourceState): void {
-    const transfer: Transfer = {
+  function start(piece: number, state: SourceState): void {
+    const slot = slots.acquire()
+    if (slot === undefined) throw new Error('no free piece slot: ensureSlot() must run first')
+    const request: PieceRequest = {
+      piece,
+      slot,
       state,
       controller: new AbortController(),
       startedAt: performance.now(),
-      pieces: [],
+      receiving: true,
     }
-    const claim = (piece: number, slot: number) => {
-      const request: PieceRequest = { piece, slot, transfer, receiving: true }
-      const requests = active.get(piece) ?? new Set()
-      active.set(piece, requests)
-      requests.add(request)
-      transfer.pieces.push(request)
-    }
-    const firstSlot = slots.acquire()
-    if (firstSlot === undefined) throw new Error('no free piece slot: ensureSlot() must run first')
-    claim(first, firstSlot)
-    transfers.add(transfer)
+    const requests = active.get(piece) ?? new Set()
+    active.set(piece, requests)
+    requests.add(request)
+    receiving.add(request)
     state.active++
     hostLimiter?.opened(state.host)
     if (state.attempt.outcome === 'unused') state.attempt.outcome = 'ok'
-    void runTransfer(transfer)
+    void fetchPiece(request)
   }
 
-  async function runTransfer(transfer: Transfer): Promise<void> {
-    const { state, controller, pieces } = transfer
-    const from = rangeOf(pieces[0]!.piece).start
-    const end = rangeOf(pieces.at(-1)!.piece).end
-    let current = 0
-    let filled = 0
+  async function fetchPiece(request: PieceRequest): Promise<void> {
+    const { state, controller } = request
+    const { start: from, end } = rangeOf(request.piece)
+    const bytes = slots.view(request.slot, end - from)
+    let received = 0
     let failure: unknown
-    // Each piece is hashed as its bytes stream in: no second pass, no copy, no thread hop.
-    let pieceHash = pieceIndex === undefined ? undefined : createHash('sha256')
-    // One timer per transfer, pushed back on every chunk (refresh() is cheaper than a new timer).
+    // The piece is hashed as its bytes stream in: no second pass, no copy, no thread hop.
+    const pieceHash = pieceIndex === undefined ? undefined : createHash('sha256')
+    // One timer per request, pushed back on every chunk (refresh() is cheaper than a new timer).
     const timer = setTimeout(
       () =>
         controller.abort(
@@ -607,31 +595,16 @@ export async function downloadBlob(options: DownloadBlobOptions): Promise<Downlo
         end,
         signal: requestSignal,
       })) {
-        for (let offset = 0; offset < chunk.byteLength; ) {
-          const request = pieces[current]
-          if (request === undefined)
-            throw new ByteSourceError({
-              failure: 'misbehaved',
-              source: state.source.id,
-              digest: expected,
-              message: `${state.source.id} sent more than the ${end - from} bytes asked for`,
-            })
-          const range = rangeOf(request.piece)
-          const view = slots.view(request.slot, range.end - range.start)
-          const take = Math.min(view.byteLength - filled, chunk.byteLength - offset)
-          const part = chunk.subarray(offset, offset + take)
-          view.set(part, filled)
-          pieceHash?.update(part)
-          filled += take
-          offset += take
-          if (filled === view.byteLength) {
-            request.receiving = false
-            void pieceReceived(request, view, pieceHash?.digest())
-            pieceHash = pieceIndex === undefined ? undefined : createHash('sha256')
-            current++
-            filled = 0
-          }
-        }
+        if (received + chunk.byteLength > bytes.byteLength)
+          throw new ByteSourceError({
+            failure: 'misbehaved',
+            source: state.source.id,
+            digest: expected,
+            message: `${state.source.id} sent more than the ${bytes.byteLength} bytes of piece ${request.piece}`,
+          })
+        bytes.set(chunk, received)
+        pieceHash?.update(chunk)
+        received += chunk.byteLength
         receivedBytes += chunk.byteLength
         state.attempt.bytes += chunk.byteLength
         state.roundBytes += chunk.byteLength
@@ -643,12 +616,12 @@ export async function downloadBlob(options: DownloadBlobOptions): Promise<Downlo
         if (globalBandwidth !== undefined)
           await globalBandwidth.take(chunk.byteLength, { signal: requestSignal })
       }
-      if (current < pieces.length)
+      if (received !== bytes.byteLength)
         throw new ByteSourceError({
           failure: 'misbehaved',
           source: state.source.id,
           digest: expected,
-          message: `${state.source.id} sent ${rangeOf(pieces[current]!.piece).start - from + filled} of the ${end - from} bytes asked for`,
+          message: `${state.source.id} sent ${received} of the ${bytes.byteLength} bytes of piece ${request.piece}`,
         })
     } catch (error) {
       failure = controller.signal.aborted ? controller.signal.reason : error
@@ -656,16 +629,15 @@ export async function downloadBlob(options: DownloadBlobOptions): Promise<Downlo
       clearTimeout(timer)
     }
     // The connection is free as soon as the bytes are in: verification does not hold it.
-    transfers.delete(transfer)
+    request.receiving = false
+    receiving.delete(request)
     state.active--
     hostLimiter?.closed(state.host)
-    // Pieces this transfer did not finish go back to the pool.
-    for (const request of pieces.slice(current)) {
-      request.receiving = false
+    if (failure === undefined) void pieceReceived(request, bytes, pieceHash?.digest())
+    else {
       release(request)
+      onFailure(state, request.piece, failure)
     }
-    if (failure !== undefined)
-      onFailure(state, pieces[current]?.piece ?? pieces.at(-1)!.piece, failure)
     notify()
   }
 
@@ -687,13 +659,13 @@ export async function downloadBlob(options: DownloadBlobOptions): Promise<Downlo
     bytes: Uint8Array,
     digest: Buffer | undefined,
   ): Promise<void> {
-    const { piece, transfer } = request
+    const { piece, state } = request
     try {
       if (done.has(piece)) return release(request)
       if (pieceIndex !== undefined && digest !== undefined) {
         if (!digest.equals(pieceIndex.hashOf(piece))) {
           release(request)
-          onCorrupt(transfer.state, piece)
+          onCorrupt(state, piece)
           return
         }
       }
@@ -716,12 +688,10 @@ export async function downloadBlob(options: DownloadBlobOptions): Promise<Downlo
   }
 
   async function commit(request: PieceRequest, bytes: Uint8Array): Promise<void> {
-    const { piece, transfer } = request
-    const { state } = transfer
-    // A copy still arriving elsewhere is cancelled when it is all its transfer has left to do.
+    const { piece, state } = request
+    // A copy still arriving elsewhere is no longer needed.
     for (const other of active.get(piece) ?? [])
-      if (other !== request && other.receiving && other.transfer.pieces.at(-1) === other)
-        other.transfer.controller.abort(new Superseded())
+      if (other !== request && other.receiving) other.controller.abort(new Superseded())
     const { start: position } = rangeOf(piece)
     try {
       await file.write(bytes, position)
@@ -757,7 +727,7 @@ export async function downloadBlob(options: DownloadBlobOptions): Promise<Downlo
     }
     state.attempt.pieces++
     state.consecutiveFailures = 0
-    const elapsed = performance.now() - transfer.startedAt
+    const elapsed = performance.now() - request.startedAt
     typicalPieceMs = typicalPieceMs === 0 ? elapsed : 0.8 * typicalPieceMs + 0.2 * elapsed
     adapt(state)
     waiting.set(piece, request.slot)
@@ -902,8 +872,8 @@ export async function downloadBlob(options: DownloadBlobOptions): Promise<Downlo
       source: state.source.id,
       reason: why,
     })
-    for (const transfer of transfers)
-      if (transfer.state === state) transfer.controller.abort(new Superseded())
+    for (const request of receiving)
+      if (request.state === state) request.controller.abort(new Superseded())
   }
 
   function exhausted(): DownloadError {
