@@ -76,7 +76,7 @@ describe('llmesh pull and the store commands', () => {
 
     expect(await llmesh('verify', '--store', store)).toMatchObject({
       code: 0,
-      out: '1 files checked, all intact\n',
+      out: '1 file checked, all intact\n',
     })
     const blob = join(store, 'blobs', 'sha256', model.sha256)
     await chmod(blob, 0o644)
@@ -85,7 +85,7 @@ describe('llmesh pull and the store commands', () => {
     await writeFile(blob, bytes)
     const damaged = await llmesh('verify', '--store', store)
     expect(damaged.code).toBe(exitCodes.verificationFailed)
-    expect(damaged.out).toMatch(/1 of 1 files damaged/)
+    expect(damaged.out).toMatch(/1 of 1 file damaged/)
 
     const removed = await llmesh('rm', 'acme/tiny@1.0.0', '--store', store)
     expect(removed.out).toMatch(/removed acme\/tiny@1\.0\.0, freed 167\.0 KiB/)

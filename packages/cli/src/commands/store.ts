@@ -293,8 +293,8 @@ export function registerStoreCommands(program: Command, context: CommandContext)
         })
         const human =
           report.damaged.length === 0
-            ? `${report.checked} files checked, all intact`
-            : `${report.damaged.length} of ${report.checked} files damaged:\n${report.damaged.map((blob) => `  ${blob.sha256} ${blob.reason} (${blob.models.join(', ') || 'no model'})`).join('\n')}`
+            ? `${report.checked} ${report.checked === 1 ? 'file' : 'files'} checked, all intact`
+            : `${report.damaged.length} of ${report.checked} ${report.checked === 1 ? 'file' : 'files'} damaged:\n${report.damaged.map((blob) => `  ${blob.sha256} ${blob.reason} (${blob.models.join(', ') || 'no model'})`).join('\n')}`
         output.result(report, human)
         if (report.damaged.length > 0)
           throw new LlmeshError({
