@@ -64,6 +64,8 @@ export interface DownloaderOptions {
   maxConnectionsPerSource?: number
   /** Across all downloads. Default 8. */
   maxConnectionsPerHost?: number
+  /** Files of one model downloaded at once. Default 3. */
+  filesAtOnce?: number
   /** Default 20 000 ms. */
   stallTimeoutMs?: number
   /** Bytes per second over all downloads; off by default. */
@@ -342,57 +344,75 @@ export function createDownloader(options: DownloaderOptions): Downloader {
         status: 'downloading',
         files,
       })
-    const pulled: PulledFile[] = []
-    try {
-      for (const artifact of manifest.artifacts) {
-        emitProgress(pullOptions, 'pull:file-started', {
-          model,
-          path: artifact.path,
-          sha256: artifact.sha256,
-          size: artifact.size,
-        })
-        const pieceIndex = await pieceIndexFor(
-          artifact,
-          pullOptions.pieceIndexes,
-          location,
-          pullOptions.signal,
-        )
-        let sources: ByteSource[] = []
-        let skipped: string[] = []
-        if (!(await store.hasBlob(artifact.sha256))) {
-          ;({ sources, skipped } = await sourcesFor(artifact, pullOptions.sources))
-          if (sources.length === 0)
-            throw new DownloadError({
-              code: skipped.length > 0 ? 'LLMESH_HOST_NOT_ALLOWED' : 'LLMESH_NO_SOURCES',
-              digest: artifact.sha256,
-              message: `No usable source for ${artifact.path} of ${model}${skipped.length > 0 ? `: skipped ${skipped.join('; ')}` : ': the manifest lists no mirrors and no peer has it'}`,
-            })
-        }
-        const blob = await fetchBlob(
-          { sha256: artifact.sha256, size: artifact.size, pieceIndex, sources },
-          pullOptions,
-        )
-        pulled.push({
-          path: artifact.path,
-          sha256: blob.sha256,
-          size: blob.size,
-          verification: blob.verification,
-          blobPath: blob.blobPath,
-          modelPath: store.modelPath(manifest.id, manifest.version, artifact.path),
-          cached: blob.cached,
-          receivedBytes: blob.receivedBytes,
-          resumedBytes: blob.resumedBytes,
-          bySource: blob.bySource,
-        })
-        emitProgress(pullOptions, 'pull:file-done', {
-          model,
-          path: artifact.path,
-          sha256: blob.sha256,
-          size: blob.size,
-          verification: blob.verification,
-          cached: blob.cached,
-        })
+    const pullArtifact = async (artifact: Artifact): Promise<PulledFile> => {
+      emitProgress(pullOptions, 'pull:file-started', {
+        model,
+        path: artifact.path,
+        sha256: artifact.sha256,
+        size: artifact.size,
+      })
+      const pieceIndex = await pieceIndexFor(
+        artifact,
+        pullOptions.pieceIndexes,
+        location,
+        pullOptions.signal,
+      )
+      let sources: ByteSource[] = []
+      let skipped: string[] = []
+      if (!(await store.hasBlob(artifact.sha256))) {
+        ;({ sources, skipped } = await sourcesFor(artifact, pullOptions.sources))
+        if (sources.length === 0)
+          throw new DownloadError({
+            code: skipped.length > 0 ? 'LLMESH_HOST_NOT_ALLOWED' : 'LLMESH_NO_SOURCES',
+            digest: artifact.sha256,
+            message: `No usable source for ${artifact.path} of ${model}${skipped.length > 0 ? `: skipped ${skipped.join('; ')}` : ': the manifest lists no mirrors and no peer has it'}`,
+          })
       }
+      const blob = await fetchBlob(
+        { sha256: artifact.sha256, size: artifact.size, pieceIndex, sources },
+        pullOptions,
+      )
+      emitProgress(pullOptions, 'pull:file-done', {
+        model,
+        path: artifact.path,
+        sha256: blob.sha256,
+        size: blob.size,
+        verification: blob.verification,
+        cached: blob.cached,
+      })
+      return {
+        path: artifact.path,
+        sha256: blob.sha256,
+        size: blob.size,
+        verification: blob.verification,
+        blobPath: blob.blobPath,
+        modelPath: store.modelPath(manifest.id, manifest.version, artifact.path),
+        cached: blob.cached,
+        receivedBytes: blob.receivedBytes,
+        resumedBytes: blob.resumedBytes,
+        bySource: blob.bySource,
+      }
+    }
+    // Several files at once (a model split in shards), sharing the per-host connection caps. A
+    // file that fails does not stop the others: their verified pieces are kept either way.
+    const pulled: PulledFile[] = []
+    const failures: unknown[] = []
+    let next = 0
+    const filesAtOnce = Math.max(1, options.filesAtOnce ?? 3)
+    try {
+      await Promise.all(
+        Array.from({ length: Math.min(filesAtOnce, manifest.artifacts.length) }, async () => {
+          while (next < manifest.artifacts.length) {
+            const index = next++
+            try {
+              pulled[index] = await pullArtifact(manifest.artifacts[index]!)
+            } catch (error) {
+              failures.push(error)
+            }
+          }
+        }),
+      )
+      if (failures.length > 0) throw failures[0]
     } catch (error) {
       const current = store.index.model(manifest.id, manifest.version)
       if (current?.status === 'downloading')
