@@ -82,6 +82,19 @@ describe('writeTinyGguf', () => {
       (brokenInfo.metadata as unknown as { llama: Record<string, unknown> }).llama
         .feed_forward_length,
     ).toBeUndefined()
+
+    const overridden = await writeTinyGguf(join(directory.path, 'overridden.gguf'), {
+      overrideMetadata: { 'llama.attention.head_count': 0, 'general.name': 'renamed' },
+    })
+    const overriddenInfo = await readGgufFileInfo(overridden.path)
+    expect(overriddenInfo.metadata.general.name).toBe('renamed')
+    expect(
+      (
+        overriddenInfo.metadata as unknown as {
+          llama: { attention: Record<string, unknown> }
+        }
+      ).llama.attention.head_count,
+    ).toBe(0)
   })
 
   it('writes atomically: no partial file is left beside the model', async () => {

@@ -31,6 +31,13 @@ export const tinyModelOptionsSchema = z.strictObject({
   contextLength: z.number().int().min(16).max(131072).default(256),
   /** Metadata keys to leave out, to produce the malformed files that crash llama.cpp (validators' tests). */
   omitMetadataKeys: z.array(z.string()).default([]),
+  /**
+   * Metadata values to write instead of the consistent ones (numbers as uint32), for files whose
+   * metadata disagrees with their tensors, like a zero head count.
+   */
+  overrideMetadata: z
+    .record(z.string(), z.union([z.number().int().nonnegative().max(0xffffffff), z.string()]))
+    .default({}),
 })
 
 export type TinyModelOptions = z.input<typeof tinyModelOptionsSchema>
@@ -280,7 +287,10 @@ function buildMetadata(options: ResolvedTinyModelOptions): Map<string, MetadataV
     ['tokenizer.chat_template', { type: 'string', value: CHAT_TEMPLATE }],
   ]
   const omitted = new Set(options.omitMetadataKeys)
-  return new Map(entries.filter(([key]) => !omitted.has(key)))
+  const metadata = new Map(entries.filter(([key]) => !omitted.has(key)))
+  for (const [key, value] of Object.entries(options.overrideMetadata))
+    metadata.set(key, typeof value === 'number' ? uint32(value) : { type: 'string', value })
+  return metadata
 }
 
 function planTensors(options: ResolvedTinyModelOptions): TensorPlan[] {
