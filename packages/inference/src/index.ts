@@ -62,6 +62,12 @@ export {
   storeModelResolver,
 } from './model-source.js'
 export {
+  createNodeServer,
+  type ListeningServer,
+  type NodeServer,
+  type NodeServerOptions,
+} from './node-server.js'
+export {
   defaultSmokeTest,
   type RunSmokeTestOptions,
   runSmokeTest,
