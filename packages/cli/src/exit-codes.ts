@@ -4,8 +4,8 @@ import { ManifestError, SignatureError } from '@llmesh/manifest'
 /**
  * What `llmesh` exit codes mean, so scripts can branch on them:
  * 0 success; 1 an unexpected failure; 2 wrong usage (unknown command, missing option);
- * 3 invalid input (a manifest, key or option that does not validate); 4 a signature or integrity
- * check failed; 130 cancelled (Ctrl-C).
+ * 3 invalid input (a manifest, key, option or GGUF file that does not validate); 4 a signature,
+ * integrity check or smoke test failed; 130 cancelled (Ctrl-C).
  */
 export const exitCodes = {
   success: 0,
@@ -21,10 +21,16 @@ export function exitCodeFor(error: unknown): number {
   if (SignatureError.isInstance(error)) return exitCodes.verificationFailed
   if (
     LlmeshError.isInstance(error) &&
-    (error.code === 'LLMESH_CHECKSUM_MISMATCH' || error.code === 'LLMESH_STORE_DAMAGED')
+    (error.code === 'LLMESH_CHECKSUM_MISMATCH' ||
+      error.code === 'LLMESH_STORE_DAMAGED' ||
+      error.code === 'LLMESH_SMOKE_TEST_FAILED')
   )
     return exitCodes.verificationFailed
-  if (ManifestError.isInstance(error) || InvalidArgumentError.isInstance(error))
+  if (
+    ManifestError.isInstance(error) ||
+    InvalidArgumentError.isInstance(error) ||
+    (LlmeshError.isInstance(error) && error.code === 'LLMESH_GGUF_INVALID')
+  )
     return exitCodes.invalidInput
   if (LlmeshError.isInstance(error) && error.code === 'LLMESH_USAGE') return exitCodes.usage
   return exitCodes.failure

@@ -8,6 +8,8 @@ export interface CommandIo {
   interactive: boolean
   /** The terminal stream progress bars draw on, when `interactive`. */
   terminal?: NodeJS.WriteStream
+  /** What the person types, for interactive commands (`llmesh chat`). */
+  stdin?: NodeJS.ReadableStream
 }
 
 export const processIo: CommandIo = {
@@ -15,6 +17,7 @@ export const processIo: CommandIo = {
   stderr: (text) => process.stderr.write(text),
   interactive: process.stderr.isTTY === true,
   terminal: process.stderr,
+  stdin: process.stdin,
 }
 
 /** Prints a command's result: one JSON document with `--json`, else the human text. */

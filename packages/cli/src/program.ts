@@ -1,5 +1,6 @@
 import { enableLogging } from '@llmesh/core'
 import { Command, CommanderError } from 'commander'
+import { registerInferenceCommands } from './commands/inference.js'
 import { registerKeyCommands } from './commands/keys.js'
 import { registerManifestCommands } from './commands/manifest.js'
 import { registerRegistryCommands } from './commands/registry.js'
@@ -37,6 +38,7 @@ export function createProgram(context: CommandContext): Command {
   registerKeyCommands(program, context)
   registerStoreCommands(program, context)
   registerRegistryCommands(program, context)
+  registerInferenceCommands(program, context)
   registerTestkitCommands(program, context)
   for (const command of allCommands(program))
     command

@@ -9,11 +9,13 @@ import { EventEmitter } from 'node:events'
 import { AbortedError, createLogger, type Logger } from '@llmesh/core'
 import {
   type ChatHistoryItem,
+  type ChatWrapper,
   LlamaChat,
   LlamaCompletion,
   type LlamaContext,
   type LlamaContextSequence,
   type LlamaModel,
+  resolveChatWrapper,
 } from 'node-llama-cpp'
 import { InferenceError } from './errors.js'
 import { type FinishReason, Generation, type GenerationResult } from './generation.js'
@@ -78,6 +80,8 @@ export class LoadedModel {
   private readonly log: Logger
   private inFlight = 0
   private closed = false
+  /** Resolved once: resolving it from the model's Jinja template costs tens of milliseconds. */
+  private chatWrapperCache: ChatWrapper | undefined
 
   constructor(options: LoadedModelOptions) {
     this.name = options.name
@@ -128,7 +132,12 @@ export class LoadedModel {
   /** Answers the last user message of `messages`, formatted with the model's chat template. */
   chat(messages: ChatMessage[], options: SamplingOptions = {}): Generation {
     return this.generate(options, async (sequence, onTextChunk) => {
-      const chat = new LlamaChat({ contextSequence: sequence, autoDisposeSequence: false })
+      this.chatWrapperCache ??= resolveChatWrapper(this.model)
+      const chat = new LlamaChat({
+        contextSequence: sequence,
+        chatWrapper: this.chatWrapperCache,
+        autoDisposeSequence: false,
+      })
       try {
         const history: ChatHistoryItem[] = messages.map((message) =>
           message.role === 'assistant'

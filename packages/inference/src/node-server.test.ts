@@ -1,7 +1,7 @@
 import { once } from 'node:events'
 import { join } from 'node:path'
 import { createTempDir, type TempDir, writeTinyGguf } from '@llmesh/testkit'
-import OpenAI from 'openai'
+import OpenAI, { type APIError } from 'openai'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { createInferenceEngine, type InferenceEngine } from './engine.js'
 import { validateGguf } from './gguf-validation.js'
@@ -134,14 +134,14 @@ describe('node server, through the official openai client', () => {
       .create({ model: modelA } as unknown as OpenAI.ChatCompletionCreateParamsNonStreaming)
       .catch((error: unknown) => error)
     expect(missing).toBeInstanceOf(OpenAI.BadRequestError)
-    expect((missing as OpenAI.APIError).param).toBe('messages')
-    expect((missing as OpenAI.APIError).message).toContain("'messages'")
+    expect((missing as APIError).param).toBe('messages')
+    expect((missing as APIError).message).toContain("'messages'")
 
     const outOfRange = await client.chat.completions
       .create({ model: modelA, messages: [{ role: 'user', content: 'x' }], temperature: 7 })
       .catch((error: unknown) => error)
     expect(outOfRange).toBeInstanceOf(OpenAI.BadRequestError)
-    expect((outOfRange as OpenAI.APIError).param).toBe('temperature')
+    expect((outOfRange as APIError).param).toBe('temperature')
 
     const badRole = await client.chat.completions
       .create({
@@ -149,7 +149,7 @@ describe('node server, through the official openai client', () => {
         messages: [{ role: 'robot', content: 'x' }],
       } as unknown as OpenAI.ChatCompletionCreateParamsNonStreaming)
       .catch((error: unknown) => error)
-    expect((badRole as OpenAI.APIError).param).toBe('messages.0.role')
+    expect((badRole as APIError).param).toBe('messages.0.role')
 
     const response = await fetch(`${listening.url}/v1/chat/completions`, {
       method: 'POST',
@@ -157,7 +157,9 @@ describe('node server, through the official openai client', () => {
       body: '{"model": ',
     })
     expect(response.status).toBe(400)
-    expect((await response.json()).error.type).toBe('invalid_request_error')
+    expect(
+      ((await response.json()) as { error: { type: string; message: string } }).error.type,
+    ).toBe('invalid_request_error')
   })
 
   it('answers 404 for a model it does not serve, and 400 for a prompt past the context', async () => {
@@ -165,13 +167,13 @@ describe('node server, through the official openai client', () => {
       .create({ model: '/etc/passwd', messages: [{ role: 'user', content: 'x' }] })
       .catch((error: unknown) => error)
     expect(unknown).toBeInstanceOf(OpenAI.NotFoundError)
-    expect((unknown as OpenAI.APIError).code).toBe('model_not_found')
+    expect((unknown as APIError).code).toBe('model_not_found')
 
     const tooLong = await client.completions
       .create({ model: modelA, prompt: 'hello world '.repeat(200), max_tokens: 4 })
       .catch((error: unknown) => error)
     expect(tooLong).toBeInstanceOf(OpenAI.BadRequestError)
-    expect((tooLong as OpenAI.APIError).code).toBe('context_length_exceeded')
+    expect((tooLong as APIError).code).toBe('context_length_exceeded')
   })
 
   it('refuses a body over the limit with 413 and keeps serving', async () => {
@@ -184,7 +186,9 @@ describe('node server, through the official openai client', () => {
       }),
     })
     expect(response.status).toBe(413)
-    expect((await response.json()).error.message).toContain('65536 bytes')
+    expect(
+      ((await response.json()) as { error: { type: string; message: string } }).error.message,
+    ).toContain('65536 bytes')
     const after = await client.completions.create({ model: modelA, prompt: 'a', max_tokens: 2 })
     expect(after.usage!.completion_tokens).toBe(2)
   })
@@ -196,9 +200,9 @@ describe('node server, through the official openai client', () => {
         .create({ model: modelB, messages: [{ role: 'user', content: 'x' }], stream: true })
         .catch((error: unknown) => error)
       expect(busy).toBeInstanceOf(OpenAI.InternalServerError)
-      expect((busy as OpenAI.APIError).status).toBe(503)
-      expect((busy as OpenAI.APIError).code).toBe('LLMESH_INFERENCE_BUSY')
-      expect((busy as OpenAI.APIError).headers?.get('retry-after')).toBe('1')
+      expect((busy as APIError).status).toBe(503)
+      expect((busy as APIError).code).toBe('LLMESH_INFERENCE_BUSY')
+      expect((busy as APIError).headers?.get('retry-after')).toBe('1')
     } finally {
       lease.release()
     }
@@ -240,7 +244,7 @@ describe('node server, through the official openai client', () => {
   it('reports health, and Prometheus metrics of requests, tokens and loaded models', async () => {
     const health = await fetch(`${listening.url}/health`)
     expect(health.status).toBe(200)
-    expect((await health.json()).status).toBe('ok')
+    expect(((await health.json()) as { status: string }).status).toBe('ok')
     const metrics = await (await fetch(`${listening.url}/metrics`)).text()
     expect(metrics).toMatch(
       /llmesh_inference_requests_total\{endpoint="\/v1\/chat\/completions",model="[^"]+a\.gguf",status="200"\} [1-9]/,
@@ -251,6 +255,40 @@ describe('node server, through the official openai client', () => {
     expect(metrics).toMatch(/llmesh_inference_model_load_seconds_count\{model="[^"]+"\} [1-9]/)
     expect(metrics).toMatch(/llmesh_inference_time_to_first_token_seconds_count/)
     expect(metrics).toMatch(/llmesh_inference_tokens_per_second_count/)
+  })
+
+  it('answers the same through its web-standard fetch handler, for embedding in other servers', async () => {
+    const body = {
+      model: modelA,
+      messages: [{ role: 'user', content: 'hello fetch' }],
+      max_tokens: 6,
+      temperature: 0,
+    }
+    const viaNode = await client.chat.completions.create({
+      ...body,
+      messages: [{ role: 'user', content: 'hello fetch' }],
+    })
+    const response = await server.fetch(
+      new Request('http://node/v1/chat/completions', {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ ...body, stream: true }),
+      }),
+    )
+    expect(response.headers.get('content-type')).toContain('text/event-stream')
+    const events = (await response.text()).split('\n\n').filter(Boolean)
+    expect(events.at(-1)).toBe('data: [DONE]')
+    const text = events
+      .slice(0, -1)
+      .map((event) => JSON.parse(event.slice('data: '.length)))
+      .map((chunk) => chunk.choices[0]?.delta?.content ?? '')
+      .join('')
+    expect(text).toBe(viaNode.choices[0]!.message.content)
+
+    const invalid = await server.fetch(
+      new Request('http://node/v1/completions', { method: 'POST', body: '{}' }),
+    )
+    expect(invalid.status).toBe(400)
   })
 
   it('answers /health with 503 while its models load, like llama-server', async () => {

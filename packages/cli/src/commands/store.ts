@@ -32,7 +32,8 @@ interface SourceOptions extends StoreOptions {
   hfEndpoint?: string
 }
 
-function withStore(command: Command): Command {
+/** Adds `--store <dir>`; shared by every command that reads the store. */
+export function withStore(command: Command): Command {
   return command.option(
     '--store <dir>',
     `the model store (default LLMESH_HOME or ${defaultStoreRoot()})`,
@@ -65,7 +66,7 @@ async function openStore(options: StoreOptions): Promise<ModelStore> {
 }
 
 /** Runs `body` on the store named by the options, closing it afterwards whatever happens. */
-async function withOpenStore<Result>(
+export async function withOpenStore<Result>(
   options: StoreOptions,
   body: (store: ModelStore) => Promise<Result> | Result,
 ): Promise<Result> {
