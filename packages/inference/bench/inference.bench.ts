@@ -23,7 +23,7 @@ import { request } from 'undici'
 
 const { values } = parseArgs({
   options: {
-    runs: { type: 'string', default: '5' },
+    runs: { type: 'string', default: '7' },
     tokens: { type: 'string', default: '128' },
     smoke: { type: 'boolean', default: false },
     /** Some of: throughput, concurrency, first-token, threads (a partial run writes nothing). */
@@ -61,27 +61,34 @@ async function measureThroughput() {
   const loaded = await engine.loadModel(model.path, { contextSize: 512, slots: 1 })
   const rawRates: number[] = []
   const engineRates: number[] = []
-  for (let run = 0; run < runs + 1; run++) {
-    // Raw: a fresh LlamaCompletion each time, as the engine makes one per request.
+  const measureRaw = async () => {
+    // A fresh LlamaCompletion each time, as the engine makes one per request.
     const completion = new LlamaCompletion({ contextSequence: rawSequence })
-    let rawTokens = 0
-    let started = performance.now()
+    let generated = 0
+    const started = performance.now()
     await completion.generateCompletion(prompt, {
       maxTokens: tokens,
       temperature: 0,
       onToken: (chunk) => {
-        rawTokens += chunk.length
+        generated += chunk.length
       },
     })
-    const rawSeconds = (performance.now() - started) / 1000
     completion.dispose({ disposeSequence: false })
-    started = performance.now()
+    return generated / ((performance.now() - started) / 1000)
+  }
+  const measureEngine = async () => {
+    const started = performance.now()
     const result = await loaded.complete(prompt, { maxTokens: tokens, temperature: 0 }).result
-    const engineSeconds = (performance.now() - started) / 1000
-    // The first pair warms both up.
+    return result.usage.completionTokens / ((performance.now() - started) / 1000)
+  }
+  // The first pair warms both up; the order alternates so that neither always runs second.
+  for (let run = 0; run < runs + 1; run++) {
+    const rawFirst = run % 2 === 0
+    const first = await (rawFirst ? measureRaw() : measureEngine())
+    const second = await (rawFirst ? measureEngine() : measureRaw())
     if (run === 0) continue
-    rawRates.push(rawTokens / rawSeconds)
-    engineRates.push(result.usage.completionTokens / engineSeconds)
+    rawRates.push(rawFirst ? first : second)
+    engineRates.push(rawFirst ? second : first)
   }
   await loaded.dispose()
   await rawContext.dispose()

@@ -1,6 +1,7 @@
 import { writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { createTempDir, type TempDir, type TinyModelOptions, tinyGgufBytes } from '@llmesh/testkit'
+import fc from 'fast-check'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { createInferenceEngine, type InferenceEngine } from './engine.js'
 import { InferenceError } from './errors.js'
@@ -91,12 +92,13 @@ describe('validateGguf', () => {
   it.each([
     ['cut in the middle of its tensors', good.slice(0, good.byteLength >> 1), /past the end/],
     ['short by 100 bytes', good.slice(0, good.byteLength - 100), /past the end/],
-    ['cut inside its header', good.slice(0, 200), /header is cut short/],
-    ['empty', new Uint8Array(0), /header cannot be read/],
+    ['cut inside its vocabulary', good.slice(0, 3000), /longer than the file|cut short/],
+    ['cut inside its header', good.slice(0, 200), /more than its 200 bytes can hold/],
+    ['empty', new Uint8Array(0), /fewer than a GGUF header's 24/],
     [
       'an HTML error page',
       new TextEncoder().encode('<!doctype html><title>404</title>'),
-      /header cannot be read/,
+      /does not start with "GGUF"/,
     ],
   ])('refuses a file %s with a typed error', async (_case, bytes, message) => {
     const path = await write('damaged.gguf', bytes)
@@ -116,6 +118,35 @@ describe('validateGguf', () => {
       tinyGgufBytes({ omitMetadataKeys: ['tokenizer.ggml.tokens'] }),
     )
     await expect(validateGguf(noTokens)).rejects.toThrow(/tokenizer\.ggml\.tokens/)
+  })
+
+  it('answers any damaged file (cut anywhere, bytes flipped in the header) with the model or a typed error', async () => {
+    const path = join(directory.path, 'fuzzed.gguf')
+    const headerEnd = 8_000
+    await fc.assert(
+      fc.asyncProperty(
+        fc.integer({ min: 0, max: good.byteLength }),
+        fc.array(
+          fc.tuple(fc.integer({ min: 0, max: headerEnd }), fc.integer({ min: 0, max: 255 })),
+          {
+            maxLength: 4,
+          },
+        ),
+        async (length, flips) => {
+          const bytes = Uint8Array.from(good.subarray(0, length))
+          for (const [offset, value] of flips) if (offset < bytes.length) bytes[offset] = value
+          await writeFile(path, bytes)
+          const outcome = await validateGguf(path).then(
+            () => 'valid',
+            (error: unknown) => error,
+          )
+          if (outcome !== 'valid') expect(InferenceError.isInstance(outcome)).toBe(true)
+          // A flipped count can make a cut file describe fewer tensors; without flips, only the whole file passes.
+          else if (flips.length === 0) expect(length).toBe(good.byteLength)
+        },
+      ),
+      { numRuns: 200 },
+    )
   })
 
   it('still loads and runs a good model after refusing bad ones', async () => {

@@ -5,13 +5,15 @@
  * `llama.attention.head_count` or `head_count_kv` makes it build a tensor with a zero dimension, and
  * a zero `llama.block_count` fails another check; each is a `GGML_ASSERT`, which aborts the whole
  * process (every model and request on the node with it). A file cut short is refused more gently,
- * but only after mapping it. So every file is read here first, with node-llama-cpp's JavaScript
- * GGUF parser (which throws, never aborts), and checked: header, the metadata keys the
- * architecture needs, and every tensor's bytes inside the file.
+ * but only after mapping it. So every file is read here first: its header's structure is walked
+ * with every length bounded by the file (`gguf-structure.ts`: node-llama-cpp's own parser makes
+ * Node abort on some damaged lengths), then it is parsed with node-llama-cpp's JavaScript parser
+ * and checked: the metadata keys the architecture needs, and every tensor's bytes inside the file.
  */
 import { stat } from 'node:fs/promises'
 import { GgmlType, type GgufFileInfo, readGgufFileInfo } from 'node-llama-cpp'
 import { InferenceError } from './errors.js'
+import { checkGgufStructure } from './gguf-structure.js'
 
 export interface ValidatedGguf {
   path: string
@@ -111,6 +113,20 @@ export async function validateGguf(path: string): Promise<ValidatedGguf> {
       cause,
     })
 
+  for (const part of splitPartPaths(path)) {
+    let problem: string | undefined
+    try {
+      problem = await checkGgufStructure(part)
+    } catch (error) {
+      throw invalid(
+        `${part === path ? 'it' : part} cannot be read (${error instanceof Error ? error.message : String(error)})`,
+        error,
+      )
+    }
+    if (problem !== undefined)
+      throw invalid(part === path ? problem : `its part ${part} is damaged: ${problem}`)
+  }
+
   let fileInfo: GgufFileInfo
   try {
     fileInfo = await readGgufFileInfo(path, {
@@ -197,6 +213,17 @@ export async function validateGguf(path: string): Promise<ValidatedGguf> {
     parts: partSizes.length,
     fileInfo,
   }
+}
+
+/** A split model's parts (`name-00001-of-00003.gguf` and its siblings), or just the file. */
+function splitPartPaths(path: string): string[] {
+  const match = /^(.*)-(\d{5})-of-(\d{5})\.gguf$/i.exec(path)
+  if (match === null) return [path]
+  const total = Number(match[3])
+  return Array.from(
+    { length: total },
+    (_, index) => `${match[1]}-${String(index + 1).padStart(5, '0')}-of-${match[3]}.gguf`,
+  )
 }
 
 /** node-llama-cpp nests metadata by the dots of its keys. */

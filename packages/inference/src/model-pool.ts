@@ -23,10 +23,13 @@ export interface ModelPoolOptions {
   budget?: { ramBytes?: number; vramBytes?: number }
   /** Unload a model this long after its last request; default 5 minutes, `Infinity` to keep. */
   keepAliveMs?: number
-  /** Defaults for every model: slots, queue, context size (a model's manifest may set its own). */
+  /** Requests decoded together per model (default 4), and requests that may wait (default 16). */
   slots?: number
   maxQueue?: number
+  /** Tokens per request for every model, over the manifest's entrypoint (default: the manifest's, else up to 4096). */
   contextSize?: number
+  /** GPU layers for every model, over the manifest's entrypoint (default: the manifest's, else `auto`). */
+  gpuLayers?: number | 'auto' | 'max'
   logger?: Logger
 }
 
@@ -73,7 +76,8 @@ export class ModelPool {
   private readonly resolveModel: ModelResolver
   private readonly budget: { ramBytes: number; vramBytes: number }
   private readonly keepAliveMs: number
-  private readonly defaults: Pick<LoadModelOptions, 'slots' | 'maxQueue' | 'contextSize'>
+  private readonly defaults: Pick<LoadModelOptions, 'slots' | 'maxQueue'>
+  private readonly overrides: Pick<LoadModelOptions, 'contextSize' | 'gpuLayers'>
   private readonly log: Logger
   /** By file path: two names of one file share one load. */
   private readonly entries = new Map<string, Entry>()
@@ -92,7 +96,10 @@ export class ModelPool {
     this.defaults = {
       ...(options.slots === undefined ? {} : { slots: options.slots }),
       ...(options.maxQueue === undefined ? {} : { maxQueue: options.maxQueue }),
+    }
+    this.overrides = {
       ...(options.contextSize === undefined ? {} : { contextSize: options.contextSize }),
+      ...(options.gpuLayers === undefined ? {} : { gpuLayers: options.gpuLayers }),
     }
     this.log = options.logger ?? createLogger('inference:pool')
   }
@@ -216,6 +223,7 @@ export class ModelPool {
       name: source.name,
       ...(source.contextSize === undefined ? {} : { contextSize: source.contextSize }),
       ...(source.gpuLayers === undefined ? {} : { gpuLayers: source.gpuLayers }),
+      ...this.overrides,
     }
     const estimate = await this.engine.estimateMemory(gguf, loadOptions)
     // Another request may have started the same load while this one estimated.

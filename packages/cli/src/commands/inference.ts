@@ -29,6 +29,7 @@ interface EngineOptions {
   backend: 'auto' | Backend
   threads?: number
   contextSize?: number
+  gpuLayers?: number | 'auto' | 'max'
 }
 
 interface SamplingFlags {
@@ -54,6 +55,15 @@ function withEngine(command: Command): Command {
       "tokens per request (default: the manifest's, else up to 4096)",
       parseInteger,
     )
+    .option(
+      '--gpu-layers <count>',
+      "layers to offload: a count, max or auto (default: the manifest's, else auto)",
+      parseGpuLayers,
+    )
+}
+
+function parseGpuLayers(value: string): number | 'auto' | 'max' {
+  return value === 'auto' || value === 'max' ? value : parseInteger(value)
 }
 
 function withSampling(command: Command): Command {
@@ -84,6 +94,7 @@ async function withPool<Result>(
       slots: options.slots ?? 1,
       ...(options.maxQueue === undefined ? {} : { maxQueue: options.maxQueue }),
       ...(options.contextSize === undefined ? {} : { contextSize: options.contextSize }),
+      ...(options.gpuLayers === undefined ? {} : { gpuLayers: options.gpuLayers }),
       ...(options.memoryBudget === undefined ? {} : { budget: { ramBytes: options.memoryBudget } }),
       ...(options.keepAlive === undefined ? {} : { keepAliveMs: options.keepAlive * 1000 }),
     })
