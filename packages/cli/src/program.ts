@@ -1,5 +1,6 @@
 import { enableLogging } from '@llmesh/core'
 import { Command, CommanderError } from 'commander'
+import { registerGatewayCommands } from './commands/gateway.js'
 import { registerInferenceCommands } from './commands/inference.js'
 import { registerKeyCommands } from './commands/keys.js'
 import { registerManifestCommands } from './commands/manifest.js'
@@ -39,6 +40,7 @@ export function createProgram(context: CommandContext): Command {
   registerStoreCommands(program, context)
   registerRegistryCommands(program, context)
   registerInferenceCommands(program, context)
+  registerGatewayCommands(program, context)
   registerTestkitCommands(program, context)
   for (const command of allCommands(program))
     command

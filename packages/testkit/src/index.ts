@@ -35,6 +35,14 @@ export {
   type MirrorRequestRecord,
   startMirror,
 } from './mirror.js'
+export {
+  type MockNode,
+  type MockNodeFaults,
+  type MockNodeOptions,
+  type MockNodeRecord,
+  mockToken,
+  startMockNode,
+} from './mock-node.js'
 export { type RunningServer, startServer } from './servers.js'
 export { createTempDir, type TempDir, withTempDir } from './temp-dir.js'
 export { testTlsCertificate, testTlsKey } from './test-tls.js'
