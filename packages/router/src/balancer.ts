@@ -67,6 +67,15 @@ export class Balancer {
     { excluded, specialty }: { excluded?: ReadonlySet<string>; specialty?: string } = {},
   ): Choice | undefined {
     const now = this.now()
+    // The usual case costs two draws, whatever the fleet's size: two distinct healthy candidates.
+    if (candidates.length > 2) {
+      const first = this.drawHealthy(candidates, excluded, now, undefined)
+      const second =
+        first === undefined ? undefined : this.drawHealthy(candidates, excluded, now, first)
+      if (first !== undefined && second !== undefined)
+        return this.choice(this.cheaper(first, second, specialty, now), false)
+    }
+    // Few candidates, or many ejected or excluded: look at all of them.
     const usable: RouterNode[] = []
     let healthy = 0
     for (const node of candidates) {
@@ -83,12 +92,31 @@ export class Balancer {
     const first = Math.floor(this.random() * pool.length)
     let second = Math.floor(this.random() * (pool.length - 1))
     if (second >= first) second++
-    const a = pool[first]!
-    const b = pool[second]!
-    return this.choice(
-      this.weightedCost(a, specialty, now) <= this.weightedCost(b, specialty, now) ? a : b,
-      panic,
-    )
+    return this.choice(this.cheaper(pool[first]!, pool[second]!, specialty, now), panic)
+  }
+
+  /** A random healthy, not excluded candidate other than `other`, in a few draws; undefined if none turned up. */
+  private drawHealthy(
+    candidates: readonly RouterNode[],
+    excluded: ReadonlySet<string> | undefined,
+    now: number,
+    other: RouterNode | undefined,
+  ): RouterNode | undefined {
+    for (let draw = 0; draw < 4; draw++) {
+      const node = candidates[Math.floor(this.random() * candidates.length)]!
+      if (node === other || excluded?.has(node.id)) continue
+      if (this.health(node.id).condition(now) === 'healthy') return node
+    }
+    return undefined
+  }
+
+  private cheaper(
+    a: RouterNode,
+    b: RouterNode,
+    specialty: string | undefined,
+    now: number,
+  ): RouterNode {
+    return this.weightedCost(a, specialty, now) <= this.weightedCost(b, specialty, now) ? a : b
   }
 
   private choice(node: RouterNode, panic: boolean): Choice {
