@@ -14,6 +14,7 @@
  * the table in README.md after a complete run (not in --smoke mode).
  */
 import { type ChildProcess, execFileSync, fork, spawn } from 'node:child_process'
+import { existsSync } from 'node:fs'
 import { mkdir, readFile, rm, writeFile } from 'node:fs/promises'
 import { cpus, tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -33,6 +34,16 @@ const complete = values.only === undefined
 const here = (name: string) => new URL(name, import.meta.url).pathname
 const children: ChildProcess[] = []
 const agent = new Agent({ connections: 512, keepAliveTimeout: 30_000 })
+
+/** Debian installs haproxy in /usr/sbin, which a plain user's PATH may leave out. */
+function haproxyBinary(): string {
+  const folders = [...(process.env.PATH ?? '').split(':'), '/usr/sbin', '/usr/local/sbin']
+  for (const folder of folders)
+    if (folder !== '' && existsSync(join(folder, 'haproxy'))) return join(folder, 'haproxy')
+  throw new Error(
+    'haproxy is not installed (Debian: apt-get install haproxy); it is the slow-node anchor',
+  )
+}
 
 function percentile(numbers: number[], share: number): number {
   if (numbers.length === 0) return Number.NaN
@@ -263,8 +274,8 @@ try {
         '',
       ].join('\n'),
     )
-    execFileSync('haproxy', ['-c', '-q', '-f', configuration])
-    const haproxy = spawn('haproxy', ['-f', configuration, '-db'], { stdio: 'ignore' })
+    execFileSync(haproxyBinary(), ['-c', '-q', '-f', configuration])
+    const haproxy = spawn(haproxyBinary(), ['-f', configuration, '-db'], { stdio: 'ignore' })
     children.push(haproxy)
     const haproxyUrl = `http://127.0.0.1:${haproxyPort}`
     for (let attempt = 0; attempt < 50 && (await send(haproxyUrl)).status !== 200; attempt++)
