@@ -58,6 +58,7 @@ export {
   StoreError,
   type StoreErrorCode,
 } from './errors.js'
+export { Journal, type JournalHeader } from './journal.js'
 export type { DownloadProgressEvent } from './progress.js'
 export { FileSource } from './sources/file-source.js'
 export { DEFAULT_HF_ENDPOINT, type HfReference, hfResolveUrl, parseHfUri } from './sources/hf.js'

@@ -1,0 +1,49 @@
+import { hasMarker, LlmeshError } from '@llmesh/core'
+
+const peerMarker = Symbol.for('llmesh.error.PeerError')
+
+export type PeerErrorCode =
+  /** The peer does not hold that digest at all. */
+  | 'LLMESH_PEER_UNKNOWN_DIGEST'
+  /** The piece index lies outside the blob. */
+  | 'LLMESH_PEER_OUT_OF_RANGE'
+  /** The peer holds the blob, but not that piece yet. */
+  | 'LLMESH_PEER_PIECE_NOT_HELD'
+  /** The peer serves too many requests now; ask later or elsewhere. */
+  | 'LLMESH_PEER_BUSY'
+  /** The peer broke the protocol (a malformed or oversized message). */
+  | 'LLMESH_PEER_PROTOCOL'
+  /** No peer left to fetch some pieces from: all gone, banned, or without them. */
+  | 'LLMESH_SWARM_EXHAUSTED'
+
+/** A peer refused a request, broke the protocol, or a swarm download could not finish. */
+export class PeerError extends LlmeshError {
+  protected readonly [peerMarker] = true
+  override readonly code: PeerErrorCode
+  readonly peer: string | undefined
+  readonly digest: string | undefined
+
+  constructor(options: {
+    code: PeerErrorCode
+    message: string
+    peer?: string
+    digest?: string
+    cause?: unknown
+  }) {
+    super({
+      code: options.code,
+      message: options.message,
+      cause: options.cause,
+      isRetryable:
+        options.code === 'LLMESH_PEER_BUSY' || options.code === 'LLMESH_PEER_PIECE_NOT_HELD',
+    })
+    this.name = 'PeerError'
+    this.code = options.code
+    this.peer = options.peer
+    this.digest = options.digest
+  }
+
+  static override isInstance(error: unknown): error is PeerError {
+    return hasMarker(error, peerMarker)
+  }
+}

@@ -1,0 +1,394 @@
+/**
+ * Downloading one blob from several peers at once, trusting none of them.
+ *
+ * - Every piece is checked against the piece index (which the manifest authenticates) before it
+ *   is written; a peer that sends a bad piece is banned on the spot, and so is a peer that
+ *   advertised a piece it then says it does not have (a false piece list). The piece goes back
+ *   to the others.
+ * - Pieces are chosen at random for the first few (so that new peers soon have something to
+ *   trade), then rarest first among the peers not banned.
+ * - Each peer has a window of requests in flight that grows while it delivers, so faster peers
+ *   carry more; a peer that times out is snubbed (window 1, left alone for a while).
+ * - Endgame: when every missing piece is requested, the last ones are also asked of other peers,
+ *   and the losers are cancelled.
+ * - The file's verified pieces are journaled, so a download killed at any point resumes without
+ *   fetching them again; the node serves them to others while it downloads.
+ */
+import { createHash } from 'node:crypto'
+import { createReadStream } from 'node:fs'
+import { type FileHandle, open } from 'node:fs/promises'
+import {
+  anySignal,
+  createLogger,
+  emitProgress,
+  type ProgressEvent,
+  type ProgressOptions,
+  throwIfAborted,
+} from '@llmesh/core'
+import { Journal } from '@llmesh/downloader'
+import { PieceIndex, type PieceIndexDocument } from '@llmesh/manifest'
+import { Bitfield } from './bitfield.js'
+import { PeerError } from './errors.js'
+import { type PeerAddress, type PeerNode, peerIdOf } from './peer-node.js'
+
+export type SwarmProgressEvent =
+  | ProgressEvent<
+      'p2p:piece-verified',
+      { digest: string; index: number; peer: string; verified: number; pieces: number }
+    >
+  | ProgressEvent<
+      'p2p:peer-banned',
+      { digest: string; peer: string; reason: string; piece: number }
+    >
+  | ProgressEvent<'p2p:peer-snubbed', { digest: string; peer: string; reason: string }>
+
+export interface SwarmDownloadOptions extends ProgressOptions<SwarmProgressEvent> {
+  node: PeerNode
+  peers: PeerAddress[]
+  /** The blob's piece index (or its JSON document), from its manifest: what every piece must hash to. */
+  pieceIndex: PieceIndex | PieceIndexDocument
+  /** Where the blob is written; verified pieces are journaled at `${path}.journal`. */
+  path: string
+  /** Serve verified pieces to other peers while downloading; default true. */
+  serve?: boolean
+  /** Requests in flight per peer at most; default 16. */
+  maxInFlightPerPeer?: number
+  /** A piece not delivered within this long snubs the peer; default 30 s. */
+  pieceTimeoutMs?: number
+  /** Give up when no piece arrives for this long and no peer has what is missing; default 60 s. */
+  stallTimeoutMs?: number
+  /** How often peers are asked again which pieces they hold; default 1 s. */
+  haveRefreshMs?: number
+  /** Random pieces before rarest first; default 4. */
+  randomFirstPieces?: number
+  signal?: AbortSignal
+}
+
+export interface SwarmDownloadResult {
+  digest: string
+  /** The node goes on serving the complete file at `path`; call this once it moves (into a store, say). */
+  stopServing(): void
+  size: number
+  /** Pieces found verified in the journal of an earlier, interrupted run. */
+  resumedPieces: number
+  /** Pieces fetched in this run, by peer id. */
+  piecesByPeer: Record<string, number>
+  /** Pieces fetched more than once (endgame duplicates, bad pieces). */
+  wastedPieces: number
+  banned: Array<{ peer: string; reason: string; afterMs: number }>
+}
+
+interface PeerState {
+  id: string
+  address: PeerAddress
+  have: Bitfield | undefined
+  inFlight: Set<number>
+  window: number
+  banned: boolean
+  unavailableUntil: number
+  failuresInARow: number
+  piecesServed: number
+}
+
+interface Request {
+  peer: PeerState
+  index: number
+  controller: AbortController
+}
+
+const log = createLogger('p2p:swarm')
+
+export async function downloadFromPeers(
+  options: SwarmDownloadOptions,
+): Promise<SwarmDownloadResult> {
+  const { node, path } = options
+  const pieceIndex =
+    options.pieceIndex instanceof PieceIndex
+      ? options.pieceIndex
+      : PieceIndex.fromJSON(options.pieceIndex)
+  const digest = pieceIndex.sha256
+  const pieces = Math.ceil(pieceIndex.size / pieceIndex.pieceSize)
+  const started = performance.now()
+  const maxWindow = options.maxInFlightPerPeer ?? 16
+  const pieceTimeoutMs = options.pieceTimeoutMs ?? 30_000
+  const stallTimeoutMs = options.stallTimeoutMs ?? 60_000
+  const randomFirst = options.randomFirstPieces ?? 4
+  throwIfAborted(options.signal)
+
+  const journal = await Journal.open(`${path}.journal`, {
+    size: pieceIndex.size,
+    pieceSize: pieceIndex.pieceSize,
+    key: digest,
+    verification: 'pieces',
+  })
+  const file: FileHandle = await open(path, (await exists(path)) ? 'r+' : 'w+')
+  await file.truncate(pieceIndex.size)
+  const have = new Bitfield(pieces)
+  for (const index of journal.pieces) have.set(index)
+  const resumedPieces = have.count
+  let succeeded = false
+  const stopServing =
+    options.serve === false
+      ? () => {}
+      : node.provider.serve(digest, {
+          size: pieceIndex.size,
+          pieceSize: pieceIndex.pieceSize,
+          have,
+          path,
+        })
+
+  const peers: PeerState[] = options.peers.map((address) => ({
+    id: peerIdOf(address),
+    address,
+    have: undefined,
+    inFlight: new Set(),
+    window: 2,
+    banned: false,
+    unavailableUntil: 0,
+    failuresInARow: 0,
+    piecesServed: 0,
+  }))
+  const requests = new Map<number, Request[]>()
+  const writing = new Set<number>()
+  const banned: SwarmDownloadResult['banned'] = []
+  let wastedPieces = 0
+  let lastProgressAt = performance.now()
+  const done = new AbortController()
+  const signal = anySignal(options.signal, done.signal)
+
+  let settle!: { resolve: () => void; reject: (error: unknown) => void }
+  const finished = new Promise<void>((resolve, reject) => {
+    settle = { resolve, reject }
+  })
+
+  const ban = (peer: PeerState, reason: string, index: number) => {
+    if (peer.banned) return
+    peer.banned = true
+    banned.push({ peer: peer.id, reason, afterMs: performance.now() - started })
+    log('banned %s: %s (piece %d)', peer.id, reason, index)
+    emitProgress(options, 'p2p:peer-banned', { digest, peer: peer.id, reason, piece: index })
+    for (const list of requests.values())
+      for (const request of list) if (request.peer === peer) request.controller.abort()
+  }
+
+  const availability = (index: number) => {
+    let count = 0
+    for (const peer of peers) if (!peer.banned && peer.have?.has(index)) count++
+    return count
+  }
+
+  const choosePiece = (peer: PeerState, endgame: boolean): number | undefined => {
+    const candidates: number[] = []
+    for (let index = 0; index < pieces; index++) {
+      if (have.has(index) || !peer.have?.has(index) || peer.inFlight.has(index)) continue
+      const running = requests.get(index)?.length ?? 0
+      if (running === 0 || (endgame && running < 2)) candidates.push(index)
+    }
+    if (candidates.length === 0) return undefined
+    if (have.count < randomFirst) return candidates[Math.floor(Math.random() * candidates.length)]
+    let best: number[] = []
+    let bestCount = Number.POSITIVE_INFINITY
+    for (const index of candidates) {
+      const count = (requests.get(index)?.length ?? 0) * 1000 + availability(index)
+      if (count < bestCount) {
+        bestCount = count
+        best = [index]
+      } else if (count === bestCount) best.push(index)
+    }
+    return best[Math.floor(Math.random() * best.length)]
+  }
+
+  const pump = () => {
+    if (signal.aborted) return
+    if (have.complete) {
+      settle.resolve()
+      return
+    }
+    const now = performance.now()
+    const missing = pieces - have.count
+    const requested = [...requests.values()].filter((list) => list.length > 0).length
+    const endgame = requested >= missing
+    for (const peer of peers) {
+      if (peer.banned || peer.have === undefined || now < peer.unavailableUntil) continue
+      while (peer.inFlight.size < peer.window) {
+        const index = choosePiece(peer, endgame)
+        if (index === undefined) break
+        request(peer, index)
+      }
+    }
+    const anyRunning = [...requests.values()].some((list) => list.length > 0)
+    if (!anyRunning && now - lastProgressAt > stallTimeoutMs)
+      settle.reject(
+        new PeerError({
+          code: 'LLMESH_SWARM_EXHAUSTED',
+          digest,
+          message: `No peer delivered a piece of ${digest} for ${stallTimeoutMs / 1000} s; ${have.count} of ${pieces} pieces are verified and kept for a resume. Banned: ${banned.map((entry) => `${entry.peer} (${entry.reason})`).join(', ') || 'none'}.`,
+        }),
+      )
+  }
+
+  const request = (peer: PeerState, index: number) => {
+    const controller = new AbortController()
+    const entry: Request = { peer, index, controller }
+    const list = requests.get(index) ?? []
+    list.push(entry)
+    requests.set(index, list)
+    peer.inFlight.add(index)
+    const timeout = AbortSignal.timeout(pieceTimeoutMs)
+    node
+      .piece(peer.address, digest, index, { signal: anySignal(signal, controller.signal, timeout) })
+      .then(async (bytes) => {
+        if (have.has(index) || writing.has(index)) {
+          wastedPieces++
+          return
+        }
+        if (!pieceIndex.verifyPiece(index, bytes)) {
+          wastedPieces++
+          ban(peer, 'sent a piece that failed verification', index)
+          return
+        }
+        // Claimed before the first await, so that an endgame duplicate is counted as waste, once.
+        writing.add(index)
+        const { start } = pieceIndex.range(index)
+        await file.write(bytes, 0, bytes.byteLength, start)
+        await journal.append(index)
+        have.set(index)
+        lastProgressAt = performance.now()
+        peer.piecesServed++
+        peer.failuresInARow = 0
+        peer.window = Math.min(maxWindow, peer.window + 1)
+        emitProgress(options, 'p2p:piece-verified', {
+          digest,
+          index,
+          peer: peer.id,
+          verified: have.count,
+          pieces,
+        })
+        // Endgame losers: the piece is here.
+        for (const other of requests.get(index) ?? []) if (other !== entry) other.controller.abort()
+      })
+      .catch((error: unknown) => {
+        if (signal.aborted || controller.signal.aborted) return
+        if (
+          PeerError.isInstance(error) &&
+          error.code === 'LLMESH_PEER_PIECE_NOT_HELD' &&
+          peer.have?.has(index)
+        ) {
+          ban(peer, 'advertised a piece it does not have', index)
+          return
+        }
+        if (
+          PeerError.isInstance(error) &&
+          (error.code === 'LLMESH_PEER_UNKNOWN_DIGEST' || error.code === 'LLMESH_PEER_PROTOCOL')
+        ) {
+          ban(peer, error.message, index)
+          return
+        }
+        peer.failuresInARow++
+        if (timeout.aborted) {
+          peer.window = 1
+          peer.unavailableUntil = performance.now() + 10_000
+          emitProgress(options, 'p2p:peer-snubbed', {
+            digest,
+            peer: peer.id,
+            reason: `piece ${index} took over ${pieceTimeoutMs} ms`,
+          })
+        } else {
+          peer.window = Math.max(1, Math.floor(peer.window / 2))
+          peer.unavailableUntil =
+            performance.now() + Math.min(10_000, 250 * 2 ** peer.failuresInARow)
+        }
+      })
+      .finally(() => {
+        peer.inFlight.delete(index)
+        const remaining = (requests.get(index) ?? []).filter((other) => other !== entry)
+        if (remaining.length === 0) requests.delete(index)
+        else requests.set(index, remaining)
+        pump()
+      })
+  }
+
+  const refreshHave = async () => {
+    await Promise.all(
+      peers
+        .filter((peer) => !peer.banned && !(peer.have?.complete ?? false))
+        .map(async (peer) => {
+          try {
+            const answer = await node.have(peer.address, digest, {
+              signal: anySignal(signal, AbortSignal.timeout(10_000)),
+            })
+            if (answer.size !== pieceIndex.size || answer.pieceSize !== pieceIndex.pieceSize) {
+              ban(
+                peer,
+                `announced ${answer.size} bytes in pieces of ${answer.pieceSize}, not the manifest's`,
+                -1,
+              )
+              return
+            }
+            peer.have = answer.have
+          } catch (error) {
+            if (PeerError.isInstance(error) && error.code === 'LLMESH_PEER_UNKNOWN_DIGEST')
+              peer.have = new Bitfield(pieces)
+            else peer.unavailableUntil = performance.now() + 1_000
+          }
+        }),
+    )
+    pump()
+  }
+
+  const ticker = setInterval(() => void refreshHave(), options.haveRefreshMs ?? 1_000)
+  const onAbort = () => settle.reject(options.signal?.reason ?? new Error('aborted'))
+  options.signal?.addEventListener('abort', onAbort, { once: true })
+  try {
+    await refreshHave()
+    pump()
+    await finished
+    done.abort()
+    await file.sync()
+    const sha256 = await hashFile(path)
+    if (sha256 !== digest)
+      throw new PeerError({
+        code: 'LLMESH_PEER_PROTOCOL',
+        digest,
+        message: `Every piece of ${digest} verified, yet the file hashes to ${sha256}: the journal at ${path}.journal does not match the file; delete both and download again.`,
+      })
+    succeeded = true
+  } finally {
+    clearInterval(ticker)
+    options.signal?.removeEventListener('abort', onAbort)
+    done.abort()
+    if (!succeeded) stopServing()
+    await journal.close()
+    await file.close()
+  }
+  const piecesByPeer: Record<string, number> = {}
+  for (const peer of peers) if (peer.piecesServed > 0) piecesByPeer[peer.id] = peer.piecesServed
+  return {
+    digest,
+    size: pieceIndex.size,
+    stopServing,
+    resumedPieces,
+    piecesByPeer,
+    wastedPieces,
+    banned,
+  }
+}
+
+async function exists(path: string): Promise<boolean> {
+  try {
+    await (await open(path, 'r')).close()
+    return true
+  } catch {
+    return false
+  }
+}
+
+function hashFile(path: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const hash = createHash('sha256')
+    createReadStream(path, { highWaterMark: 4 * 1024 * 1024 })
+      .on('data', (chunk) => hash.update(chunk))
+      .on('end', () => resolve(hash.digest('hex')))
+      .on('error', reject)
+  })
+}

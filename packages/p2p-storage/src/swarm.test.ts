@@ -1,0 +1,290 @@
+import { spawn } from 'node:child_process'
+import { createHash } from 'node:crypto'
+import { readFile, writeFile } from 'node:fs/promises'
+import { join } from 'node:path'
+import { createManifest, type PieceIndex } from '@llmesh/manifest'
+import { createTempDir, type TempDir } from '@llmesh/testkit'
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
+import { Bitfield } from './bitfield.js'
+import { StoreBlobProvider } from './blob-provider.js'
+import { PeerError } from './errors.js'
+import {
+  createPeerNode,
+  createPrivateNetworkKey,
+  type PeerNode,
+  type PeerNodeOptions,
+} from './peer-node.js'
+import { downloadFromPeers, type SwarmProgressEvent } from './swarm-download.js'
+
+const distEntry = new URL('../dist/index.js', import.meta.url)
+const PIECE_SIZE = 64 * 1024
+const SIZE = 3 * 1024 * 1024 + 12_345
+
+let directory: TempDir
+let blobPath: string
+let blob: Uint8Array
+let pieceIndex: PieceIndex
+const nodes: PeerNode[] = []
+
+beforeAll(async () => {
+  directory = await createTempDir('llmesh-p2p-')
+  blob = new Uint8Array(SIZE)
+  for (let offset = 0; offset < SIZE; offset += 32)
+    blob.set(
+      createHash('sha256')
+        .update(String(offset))
+        .digest()
+        .subarray(0, SIZE - offset),
+      offset,
+    )
+  blobPath = join(directory.path, 'blob.bin')
+  await writeFile(blobPath, blob)
+  const created = await createManifest({
+    files: [{ file: blobPath, path: 'model.gguf' }],
+    manifest: { id: 'acme/p2p', version: '1.0.0', license: { id: 'mit' } },
+    pieceSize: PIECE_SIZE,
+  })
+  pieceIndex = created.pieceIndexes[0]!
+})
+afterEach(async () => {
+  for (const node of nodes.splice(0)) await node.stop()
+})
+afterAll(() => directory.remove())
+
+const pieces = Math.ceil(SIZE / PIECE_SIZE)
+
+async function node(options: PeerNodeOptions = {}): Promise<PeerNode> {
+  const started = await createPeerNode({ provider: new StoreBlobProvider(), ...options })
+  nodes.push(started)
+  return started
+}
+
+/** A node that serves the whole blob (or the pieces in `have`), read through `read`. */
+async function seed(
+  options: PeerNodeOptions = {},
+  serve: { have?: Bitfield; path?: string } = {},
+): Promise<PeerNode> {
+  const started = await node(options)
+  started.provider.serve(pieceIndex.sha256, {
+    size: SIZE,
+    pieceSize: PIECE_SIZE,
+    have: serve.have ?? Bitfield.full(pieces),
+    path: serve.path ?? blobPath,
+  })
+  return started
+}
+
+function at(name: string): string {
+  return join(directory.path, `${name}-${Math.random().toString(36).slice(2)}`)
+}
+
+describe('swarm download over real libp2p nodes', () => {
+  it('fetches one file from three peers at once, every piece verified', async () => {
+    const seeds = [await seed(), await seed(), await seed()]
+    const leecher = await node()
+    const path = at('three')
+    const result = await downloadFromPeers({
+      node: leecher,
+      peers: seeds.map((peer) => peer.addresses),
+      pieceIndex,
+      path,
+      maxInFlightPerPeer: 4,
+    })
+    expect(Buffer.from(await readFile(path)).equals(Buffer.from(blob))).toBe(true)
+    expect(Object.keys(result.piecesByPeer)).toHaveLength(3)
+    expect(Object.keys(result.piecesByPeer).sort()).toEqual(
+      seeds.map((peer) => peer.peerId.toString()).sort(),
+    )
+    expect(Object.values(result.piecesByPeer).reduce((sum, count) => sum + count, 0)).toBe(pieces)
+    expect(result.banned).toEqual([])
+  })
+
+  it('lets a peer that is still downloading serve the pieces it has verified', async () => {
+    const slowSeed = await seed({ limits: { uploadBytesPerSecond: 512 * 1024 } })
+    const middle = await node()
+    const late = await node()
+    const middlePath = at('middle')
+    let verified = 0
+    let reachedQuarter!: () => void
+    const quarter = new Promise<void>((resolve) => {
+      reachedQuarter = resolve
+    })
+    const first = downloadFromPeers({
+      node: middle,
+      peers: [slowSeed.addresses],
+      pieceIndex,
+      path: middlePath,
+      onProgress: (event: SwarmProgressEvent) => {
+        if (event.type === 'p2p:piece-verified' && ++verified === Math.floor(pieces / 4))
+          reachedQuarter()
+      },
+    })
+    await quarter
+    // The late node knows only the middle one, which has a quarter of the file so far.
+    const second = downloadFromPeers({
+      node: late,
+      peers: [middle.addresses],
+      pieceIndex,
+      path: at('late'),
+    })
+    const [, lateResult] = await Promise.all([first, second])
+    expect(lateResult.piecesByPeer[middle.peerId.toString()]).toBe(pieces)
+    expect(middle.uploaded.get(late.peerId.toString())).toBe(SIZE)
+  })
+
+  it('bans a peer on its first bad piece and completes the file from the others', async () => {
+    const liar = await node()
+    const corruptPath = at('corrupt')
+    const corrupt = Uint8Array.from(blob)
+    for (let index = 0; index < pieces; index += 3) corrupt[index * PIECE_SIZE + 7]! ^= 0xff
+    await writeFile(corruptPath, corrupt)
+    liar.provider.serve(pieceIndex.sha256, {
+      size: SIZE,
+      pieceSize: PIECE_SIZE,
+      have: Bitfield.full(pieces),
+      path: corruptPath,
+    })
+    const honest = await seed()
+    const path = at('after-liar')
+    const banned: string[] = []
+    const result = await downloadFromPeers({
+      node: await node(),
+      peers: [liar.addresses, honest.addresses],
+      pieceIndex,
+      path,
+      maxInFlightPerPeer: 1,
+      randomFirstPieces: 0,
+      onProgress: (event: SwarmProgressEvent) => {
+        if (event.type === 'p2p:peer-banned') banned.push(event.detail.peer)
+      },
+    })
+    expect(Buffer.from(await readFile(path)).equals(Buffer.from(blob))).toBe(true)
+    expect(banned).toEqual([liar.peerId.toString()])
+    expect(result.banned).toEqual([
+      expect.objectContaining({
+        peer: liar.peerId.toString(),
+        reason: 'sent a piece that failed verification',
+      }),
+    ])
+    // One request in flight at a time: the liar got exactly one bad piece through before its ban.
+    expect(result.wastedPieces).toBe(1)
+  })
+
+  it('bans a peer whose piece list is false', async () => {
+    const liar = await node()
+    const half = new Bitfield(pieces)
+    for (let index = 0; index < pieces / 2; index++) half.set(index)
+    // It advertises every piece but holds half: the provider's list and its pieces disagree.
+    liar.provider.serve(pieceIndex.sha256, {
+      size: SIZE,
+      pieceSize: PIECE_SIZE,
+      have: Bitfield.full(pieces),
+      path: blobPath,
+    })
+    const realProvider = liar.provider as unknown as { lookup: StoreBlobProvider['lookup'] }
+    const lookup = realProvider.lookup.bind(liar.provider)
+    let calls = 0
+    realProvider.lookup = async (digest) => {
+      const served = await lookup(digest)
+      // The first lookup answers the piece list (all); later ones serve pieces (half only).
+      return served === undefined || calls++ === 0 ? served : { ...served, have: half }
+    }
+    const honest = await seed()
+    const path = at('false-list')
+    const result = await downloadFromPeers({
+      node: await node(),
+      peers: [liar.addresses, honest.addresses],
+      pieceIndex,
+      path,
+      haveRefreshMs: 60_000,
+    })
+    expect(Buffer.from(await readFile(path)).equals(Buffer.from(blob))).toBe(true)
+    expect(result.banned.map((entry) => entry.reason)).toEqual([
+      'advertised a piece it does not have',
+    ])
+  })
+
+  it('refuses requests for an unknown digest or a piece out of range, with typed errors', async () => {
+    const server = await seed()
+    const client = await node()
+    const unknown = 'f'.repeat(64)
+    await expect(client.have(server.addresses, unknown)).rejects.toMatchObject({
+      code: 'LLMESH_PEER_UNKNOWN_DIGEST',
+    })
+    await expect(client.piece(server.addresses, unknown, 0)).rejects.toBeInstanceOf(PeerError)
+    await expect(client.piece(server.addresses, pieceIndex.sha256, pieces)).rejects.toMatchObject({
+      code: 'LLMESH_PEER_OUT_OF_RANGE',
+    })
+    const have = await client.have(server.addresses, pieceIndex.sha256)
+    expect(have).toMatchObject({ size: SIZE, pieceSize: PIECE_SIZE })
+    expect(have.have.complete).toBe(true)
+    expect(
+      pieceIndex.verifyPiece(5, await client.piece(server.addresses, pieceIndex.sha256, 5)),
+    ).toBe(true)
+  })
+
+  it('keeps peers with different private network keys apart', async () => {
+    const key = createPrivateNetworkKey()
+    const member = await seed({ privateNetworkKey: key })
+    const other = await node({ privateNetworkKey: key })
+    expect((await other.have(member.addresses, pieceIndex.sha256)).have.complete).toBe(true)
+    const outsider = await node({ privateNetworkKey: createPrivateNetworkKey() })
+    await expect(
+      outsider.have(member.addresses, pieceIndex.sha256, { signal: AbortSignal.timeout(5_000) }),
+    ).rejects.toThrow()
+    const open = await node()
+    await expect(
+      open.have(member.addresses, pieceIndex.sha256, { signal: AbortSignal.timeout(5_000) }),
+    ).rejects.toThrow()
+  })
+
+  it('resumes after SIGKILL at 50 % without fetching verified pieces again', async () => {
+    const slowSeed = await seed({ limits: { uploadBytesPerSecond: 1024 * 1024 } })
+    const path = at('killed')
+    const script = join(directory.path, 'leecher.mjs')
+    await writeFile(
+      script,
+      `import { createPeerNode, downloadFromPeers } from ${JSON.stringify(distEntry.href)}
+const [path, address, indexJson] = process.argv.slice(2)
+const node = await createPeerNode()
+await downloadFromPeers({
+  node,
+  peers: [address],
+  pieceIndex: JSON.parse(indexJson),
+  path,
+  onProgress: (event) => console.log(JSON.stringify({ type: event.type, verified: event.detail.verified })),
+})
+await node.stop()
+`,
+    )
+    const child = spawn(
+      process.execPath,
+      [script, path, slowSeed.addresses[0]!.toString(), JSON.stringify(pieceIndex.toJSON())],
+      { stdio: ['ignore', 'pipe', 'inherit'], cwd: new URL('..', import.meta.url).pathname },
+    )
+    const exited = new Promise<NodeJS.Signals | null>((resolve) =>
+      child.once('exit', (_code, signal) => resolve(signal)),
+    )
+    let buffer = ''
+    child.stdout!.on('data', (chunk: Buffer) => {
+      buffer += chunk.toString()
+      const lines = buffer.split('\n')
+      buffer = lines.pop() ?? ''
+      for (const line of lines) {
+        const event = JSON.parse(line) as { verified?: number }
+        if ((event.verified ?? 0) >= pieces / 2) child.kill('SIGKILL')
+      }
+    })
+    expect(await exited).toBe('SIGKILL')
+    const resumed = await downloadFromPeers({
+      node: await node(),
+      peers: [(await seed()).addresses],
+      pieceIndex,
+      path,
+    })
+    expect(resumed.resumedPieces).toBeGreaterThanOrEqual(Math.floor(pieces / 2))
+    const fetched = Object.values(resumed.piecesByPeer).reduce((sum, count) => sum + count, 0)
+    expect(fetched).toBe(pieces - resumed.resumedPieces)
+    expect(Buffer.from(await readFile(path)).equals(Buffer.from(blob))).toBe(true)
+  })
+})
