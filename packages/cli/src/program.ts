@@ -4,6 +4,7 @@ import { registerGatewayCommands } from './commands/gateway.js'
 import { registerInferenceCommands } from './commands/inference.js'
 import { registerKeyCommands } from './commands/keys.js'
 import { registerManifestCommands } from './commands/manifest.js'
+import { registerPeerCommands } from './commands/peers.js'
 import { registerRegistryCommands } from './commands/registry.js'
 import { registerStoreCommands } from './commands/store.js'
 import { registerTestkitCommands } from './commands/testkit.js'
@@ -41,6 +42,7 @@ export function createProgram(context: CommandContext): Command {
   registerRegistryCommands(program, context)
   registerInferenceCommands(program, context)
   registerGatewayCommands(program, context)
+  registerPeerCommands(program, context)
   registerTestkitCommands(program, context)
   for (const command of allCommands(program))
     command

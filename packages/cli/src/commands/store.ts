@@ -11,6 +11,7 @@ import {
   precache,
 } from '@llmesh/downloader'
 import { importTrustedKey, type Manifest, type TrustedKey } from '@llmesh/manifest'
+import { createPeerNode, PeerByteSource } from '@llmesh/p2p-storage'
 import type { Command } from 'commander'
 import type { CommandContext } from '../program.js'
 import { describeVerification, PullProgress } from '../pull-progress.js'
@@ -30,6 +31,7 @@ interface SourceOptions extends StoreOptions {
   connections?: number
   bandwidth?: number
   hfEndpoint?: string
+  peer?: string[]
 }
 
 /** Adds `--store <dir>`; shared by every command that reads the store. */
@@ -58,6 +60,10 @@ function withSources(command: Command): Command {
     .option(
       '--hf-endpoint <url>',
       'hub for hf: URIs (default HF_ENDPOINT or https://huggingface.co)',
+    )
+    .option(
+      '--peer <multiaddr...>',
+      'libp2p peers (with /p2p/<id>) to fetch pieces from, beside the mirrors',
     )
 }
 
@@ -90,8 +96,11 @@ async function withDownloader<Result>(
   body: (downloader: Downloader, store: ModelStore) => Promise<Result>,
 ): Promise<Result> {
   const store = await openStore(options)
+  const peers = options.peer ?? []
+  const node = peers.length === 0 ? undefined : await createPeerNode({ store })
   const downloader = createDownloader({
     store,
+    ...(node === undefined ? {} : { extraSources: () => [new PeerByteSource(node, peers)] }),
     allowInsecureMirrors: options.allowInsecureMirrors === true,
     ...(options.allowHost === undefined ? {} : { allowHosts: options.allowHost }),
     ...(options.connections === undefined ? {} : { connections: options.connections }),
@@ -102,6 +111,7 @@ async function withDownloader<Result>(
     return await body(downloader, store)
   } finally {
     await downloader.close()
+    await node?.stop()
     store.close()
   }
 }
