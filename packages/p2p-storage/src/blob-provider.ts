@@ -4,7 +4,7 @@
  * verified pieces of the downloads it runs now, so that a node that is still downloading already
  * serves what it has.
  */
-import { open } from 'node:fs/promises'
+import { type FileHandle, open } from 'node:fs/promises'
 import type { ModelStore } from '@llmesh/downloader'
 import { pieceCount } from '@llmesh/manifest'
 import { Bitfield } from './bitfield.js'
@@ -68,25 +68,19 @@ export class StoreBlobProvider implements BlobProvider {
   }
 }
 
+/** Reads ranges of a file through one handle, opened on first use and kept (seeds read many pieces). */
 function fileReader(path: string): ServedBlob['read'] {
+  let handle: Promise<FileHandle> | undefined
   return async (start, end) => {
-    const handle = await open(path, 'r')
-    try {
-      const buffer = Buffer.allocUnsafe(end - start)
-      let offset = 0
-      while (offset < buffer.length) {
-        const { bytesRead } = await handle.read(
-          buffer,
-          offset,
-          buffer.length - offset,
-          start + offset,
-        )
-        if (bytesRead === 0) throw new Error(`${path} ends before byte ${start + offset}`)
-        offset += bytesRead
-      }
-      return buffer
-    } finally {
-      await handle.close()
+    handle ??= open(path, 'r')
+    const file = await handle
+    const buffer = Buffer.allocUnsafe(end - start)
+    let offset = 0
+    while (offset < buffer.length) {
+      const { bytesRead } = await file.read(buffer, offset, buffer.length - offset, start + offset)
+      if (bytesRead === 0) throw new Error(`${path} ends before byte ${start + offset}`)
+      offset += bytesRead
     }
+    return buffer
   }
 }

@@ -108,7 +108,10 @@ export class PeerNode {
       addresses: { listen: options.listen ?? ['/ip4/127.0.0.1/tcp/0'] },
       transports: [tcp()],
       connectionEncrypters: encrypters,
-      streamMuxers: [yamux()],
+      // A piece (1 MiB or more) fits one stream window, so a request needs no window-update round trips.
+      streamMuxers: [
+        yamux({ initialStreamWindowSize: 4 * 1024 * 1024, maxStreamWindowSize: 16 * 1024 * 1024 }),
+      ],
       ...(options.privateNetworkKey === undefined
         ? {}
         : { connectionProtector: preSharedKey({ psk: options.privateNetworkKey }) }),

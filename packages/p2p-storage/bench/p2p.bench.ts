@@ -1,0 +1,277 @@
+/**
+ * Peer-to-peer figures, every peer in a process of its own:
+ *   1. one seed to one leecher: verified, written to disk, against the bare libp2p stream rate
+ *      (same TLS encryption, the same file's bytes, nothing else) and raw TCP, same run;
+ *   2. swarm: one seed and N leechers (8, and 4), every node's upload capped at 32 MiB/s: when
+ *      each finishes, and how much the seed uploaded;
+ *   3. a lying peer (one byte flipped in every fourth piece) beside an honest one: pieces wasted,
+ *      time to ban.
+ *
+ *   node bench/p2p.bench.ts [--size-mib 1024] [--only transfer,swarm,liar] [--smoke]
+ *
+ * Writes bench/results/p2p.json and the table in README.md after a complete run (not --smoke).
+ */
+import { type ChildProcess, fork } from 'node:child_process'
+import { createWriteStream } from 'node:fs'
+import { mkdir, readFile, rm, writeFile } from 'node:fs/promises'
+import { connect } from 'node:net'
+import { cpus, tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { parseArgs } from 'node:util'
+import { createManifest } from '@llmesh/manifest'
+import { createPeerNode } from '@llmesh/p2p-storage'
+import { multiaddr } from '@multiformats/multiaddr'
+
+const { values } = parseArgs({
+  options: {
+    'size-mib': { type: 'string', default: '1024' },
+    only: { type: 'string' },
+    smoke: { type: 'boolean', default: false },
+  },
+})
+const smoke = values.smoke
+const sizeMiB = smoke ? 16 : Number(values['size-mib'])
+const size = sizeMiB * 1024 * 1024
+const sections = new Set(values.only?.split(',') ?? ['transfer', 'swarm', 'liar'])
+const complete = values.only === undefined
+const folder = join(tmpdir(), `llmesh-p2p-bench-${process.pid}`)
+const children: ChildProcess[] = []
+const MiB = 1024 * 1024
+
+await mkdir(folder, { recursive: true })
+const file = join(folder, 'blob.bin')
+{
+  // Incompressible, deterministic enough: a counter-seeded xorshift.
+  const out = createWriteStream(file)
+  let state = 0x9e3779b9
+  const chunk = Buffer.alloc(4 * MiB)
+  for (let written = 0; written < size; written += chunk.length) {
+    for (let offset = 0; offset < chunk.length; offset += 4) {
+      state ^= state << 13
+      state ^= state >>> 17
+      state ^= state << 5
+      chunk.writeUInt32LE(state >>> 0, offset)
+    }
+    if (!out.write(chunk.subarray(0, Math.min(chunk.length, size - written))))
+      await new Promise<void>((resolve) => out.once('drain', () => resolve()))
+  }
+  await new Promise<void>((resolve) => out.end(() => resolve()))
+}
+const { pieceIndexes } = await createManifest({
+  files: [{ file, path: 'blob.bin' }],
+  manifest: { id: 'bench/p2p', version: '1.0.0', license: { id: 'mit' } },
+})
+const pieceIndex = pieceIndexes[0]!.toJSON()
+const pieceSize = pieceIndex.pieceSize
+
+interface Ready {
+  child: ChildProcess
+  addresses: string[]
+  tcpPort?: number
+  peerId: string
+}
+
+async function startPeer(setup: Record<string, unknown>): Promise<Ready> {
+  const child = fork(new URL('./peer-child.ts', import.meta.url).pathname, [
+    JSON.stringify({ size, pieceSize, pieceIndex, ...setup }),
+  ])
+  children.push(child)
+  const ready = await new Promise<{ addresses: string[]; tcpPort?: number; peerId: string }>(
+    (resolve) => child.once('message', resolve as never),
+  )
+  return { child, ...ready }
+}
+
+function request<T>(
+  child: ChildProcess,
+  message: Record<string, unknown>,
+  key: string,
+): Promise<T> {
+  return new Promise((resolve) => {
+    const onMessage = (answer: Record<string, unknown>) => {
+      if (!(key in answer)) return
+      child.off('message', onMessage)
+      resolve(answer as T)
+    }
+    child.on('message', onMessage)
+    child.send(message)
+  })
+}
+
+const median = (numbers: number[]) => [...numbers].sort((a, b) => a - b)[numbers.length >> 1]!
+const results: Record<string, unknown> = {
+  date: new Date().toISOString().slice(0, 10),
+  cpu: cpus()[0]?.model.trim(),
+  cores: cpus().length,
+  node: process.version,
+  sizeMiB,
+  pieceSize,
+}
+const rows: string[] = []
+const rate = (bytes: number, seconds: number) => `${(bytes / MiB / seconds).toFixed(0)} MiB/s`
+
+try {
+  if (sections.has('transfer')) {
+    const seed = await startPeer({ role: 'seed', file })
+    const runs = smoke ? 1 : 3
+    const swarmSeconds: number[] = []
+    const bareSeconds: number[] = []
+    const tcpSeconds: number[] = []
+    const client = await createPeerNode()
+    for (let run = 0; run < runs; run++) {
+      const leecher = await startPeer({ role: 'leecher', output: join(folder, `leech-${run}.bin`) })
+      const done = await request<{ seconds: number; error?: string }>(
+        leecher.child,
+        { start: [seed.addresses[0]] },
+        'done',
+      )
+      if (done.error !== undefined) throw new Error(done.error)
+      swarmSeconds.push(done.seconds)
+      leecher.child.kill()
+      await rm(join(folder, `leech-${run}.bin`), { force: true })
+      await rm(join(folder, `leech-${run}.bin.journal`), { force: true })
+
+      let started = performance.now()
+      const stream = await client.libp2p.dialProtocol(
+        multiaddr(seed.addresses[0]!),
+        '/bench/raw/1.0.0',
+      )
+      let received = 0
+      for await (const chunk of stream) received += chunk.byteLength
+      if (received !== size) throw new Error(`bare stream carried ${received} bytes`)
+      bareSeconds.push((performance.now() - started) / 1000)
+
+      started = performance.now()
+      await new Promise<void>((resolve, reject) => {
+        let bytes = 0
+        const socket = connect(seed.tcpPort!, '127.0.0.1')
+        socket.on('data', (chunk) => {
+          bytes += chunk.byteLength
+        })
+        socket.on('end', () =>
+          bytes === size ? resolve() : reject(new Error(`tcp carried ${bytes}`)),
+        )
+        socket.on('error', reject)
+      })
+      tcpSeconds.push((performance.now() - started) / 1000)
+    }
+    await client.stop()
+    seed.child.kill()
+    const transfer = {
+      swarmSeconds: median(swarmSeconds),
+      bareLibp2pSeconds: median(bareSeconds),
+      rawTcpSeconds: median(tcpSeconds),
+      ratioToBareLibp2p: median(bareSeconds) / median(swarmSeconds),
+      runs: { swarmSeconds, bareSeconds, tcpSeconds },
+    }
+    results.transfer = transfer
+    console.log('1. transfer', transfer)
+    rows.push(
+      `| one seed to one leecher, ${sizeMiB} MiB, verified and written (TLS) | ${rate(size, transfer.swarmSeconds)} (${transfer.swarmSeconds.toFixed(2)} s) | bare libp2p stream ${rate(size, transfer.bareLibp2pSeconds)}; raw TCP ${rate(size, transfer.rawTcpSeconds)} | ${transfer.ratioToBareLibp2p.toFixed(2)} of bare libp2p | ≥ 0.85 |`,
+    )
+  }
+
+  if (sections.has('swarm')) {
+    const swarm: Record<string, unknown> = {}
+    for (const leechers of smoke ? [2] : [4, 8]) {
+      const cap = 32 * MiB
+      const seed = await startPeer({ role: 'seed', file, uploadBytesPerSecond: cap })
+      const peers: Ready[] = []
+      for (let index = 0; index < leechers; index++)
+        peers.push(
+          await startPeer({
+            role: 'leecher',
+            output: join(folder, `swarm-${leechers}-${index}.bin`),
+            uploadBytesPerSecond: cap,
+          }),
+        )
+      const everyone = [seed.addresses[0]!, ...peers.map((peer) => peer.addresses[0]!)]
+      const started = performance.now()
+      const finished = await Promise.all(
+        peers.map((peer, index) =>
+          request<{ seconds: number; error?: string }>(
+            peer.child,
+            { start: everyone.filter((_, position) => position !== index + 1) },
+            'done',
+          ),
+        ),
+      )
+      const wall = (performance.now() - started) / 1000
+      const { uploaded } = await request<{ uploaded: number }>(
+        seed.child,
+        { report: true },
+        'uploaded',
+      )
+      const errors = finished
+        .filter((entry) => entry.error !== undefined)
+        .map((entry) => entry.error)
+      swarm[leechers] = {
+        allFinishedSeconds: wall,
+        finishSeconds: finished.map((entry) => entry.seconds),
+        seedUploadedMiB: uploaded / MiB,
+        singleSourceBaselineSeconds: (leechers * size) / cap,
+        errors,
+      }
+      console.log(`2. swarm of ${leechers}`, swarm[leechers])
+      rows.push(
+        `| swarm: 1 seed + ${leechers} leechers, ${sizeMiB} MiB, uploads capped at 32 MiB/s | all done in ${wall.toFixed(1)} s; the seed uploaded ${(uploaded / MiB).toFixed(0)} MiB${errors.length > 0 ? `; ${errors.length} failed` : ''} | one source: ${((leechers * size) / cap).toFixed(0)} s, ${leechers * sizeMiB} MiB | ${((leechers * size) / cap / wall).toFixed(1)}× faster | ${leechers === 8 ? `≤ ${((48 * sizeMiB) / 1024).toFixed(0)} s, seed ≤ ${(1.5 * sizeMiB).toFixed(0)} MiB` : 'reported'} |`,
+      )
+      seed.child.kill()
+      for (const peer of peers) peer.child.kill()
+      for (let index = 0; index < leechers; index++) {
+        await rm(join(folder, `swarm-${leechers}-${index}.bin`), { force: true })
+        await rm(join(folder, `swarm-${leechers}-${index}.bin.journal`), { force: true })
+      }
+    }
+    results.swarm = swarm
+  }
+
+  if (sections.has('liar')) {
+    const liar = await startPeer({ role: 'seed', file, lie: 'flip' })
+    const honest = await startPeer({ role: 'seed', file })
+    const leecher = await startPeer({ role: 'leecher', output: join(folder, 'liar-leech.bin') })
+    const done = await request<{
+      seconds: number
+      wastedPieces: number
+      banned: Array<{ peer: string; reason: string; afterMs: number }>
+    }>(leecher.child, { start: [liar.addresses[0], honest.addresses[0]] }, 'done')
+    const liarResult = {
+      seconds: done.seconds,
+      wastedPieces: done.wastedPieces,
+      banned: done.banned,
+      liarBanned: done.banned.some((entry) => entry.peer === liar.peerId),
+    }
+    results.liar = liarResult
+    console.log('3. liar', liarResult)
+    const ban = done.banned.find((entry) => entry.peer === liar.peerId)
+    rows.push(
+      `| lying peer (a byte flipped in every fourth piece) beside an honest one | banned after ${ban === undefined ? '-' : `${ban.afterMs.toFixed(0)} ms`}; ${done.wastedPieces} piece(s) of ${(pieceSize / MiB).toFixed(0)} MiB wasted; file correct | | | banned on its first bad piece |`,
+    )
+    for (const child of [liar, honest, leecher]) child.child.kill()
+  }
+} finally {
+  for (const child of children) child.kill()
+  await rm(folder, { recursive: true, force: true })
+}
+
+const table = [
+  '| figure | llmesh | anchor (same run) | ratio | target |',
+  '| --- | --- | --- | --- | --- |',
+  ...rows,
+].join('\n')
+console.log(table)
+if (!smoke && complete) {
+  const resultsFolder = new URL('./results/', import.meta.url).pathname
+  await mkdir(resultsFolder, { recursive: true })
+  await writeFile(join(resultsFolder, 'p2p.json'), `${JSON.stringify(results, null, 2)}\n`)
+  const readme = new URL('../README.md', import.meta.url).pathname
+  const text = await readFile(readme, 'utf8').catch(() => '')
+  const start = '<!-- bench:p2p:start -->'
+  const end = '<!-- bench:p2p:end -->'
+  if (text.includes(start))
+    await writeFile(
+      readme,
+      `${text.slice(0, text.indexOf(start) + start.length)}\n${table}\n\nMeasured ${results.date} on ${results.cores} cores (${results.cpu}), Node ${process.version}, every peer in its own process on 127.0.0.1, pieces of ${(pieceSize / MiB).toFixed(0)} MiB. Reproduce: \`pnpm --filter @llmesh/p2p-storage bench\`.\n${text.slice(text.indexOf(end))}`,
+    )
+}
+process.exit(0)

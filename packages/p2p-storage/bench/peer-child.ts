@@ -1,0 +1,105 @@
+/**
+ * One peer of the benchmark, in a process of its own, driven over IPC.
+ *
+ *   fork('peer-child.ts', [JSON.stringify(setup)])
+ *
+ * A seed serves `file` (optionally lying: `flip` corrupts every fourth piece); it also answers a
+ * bare libp2p stream (`/bench/raw/1.0.0`, the file's bytes, nothing else) and raw TCP (the file
+ * on a plain socket), the anchors. A leecher waits for `{ start: peers }`, downloads, and reports.
+ */
+import { createReadStream } from 'node:fs'
+import { open } from 'node:fs/promises'
+import { createServer } from 'node:net'
+import type { PieceIndexDocument } from '@llmesh/manifest'
+import { Bitfield, createPeerNode, downloadFromPeers, StoreBlobProvider } from '@llmesh/p2p-storage'
+
+const setup = JSON.parse(process.argv[2]!) as {
+  role: 'seed' | 'leecher'
+  file?: string
+  output?: string
+  size: number
+  pieceSize: number
+  pieceIndex: PieceIndexDocument
+  uploadBytesPerSecond?: number
+  lie?: 'flip'
+}
+const provider = new StoreBlobProvider()
+const node = await createPeerNode({
+  provider,
+  ...(setup.uploadBytesPerSecond === undefined
+    ? {}
+    : { limits: { uploadBytesPerSecond: setup.uploadBytesPerSecond, concurrentUploads: 64 } }),
+})
+const pieces = Math.ceil(setup.size / setup.pieceSize)
+let tcpPort: number | undefined
+
+if (setup.role === 'seed') {
+  let file = setup.file!
+  if (setup.lie === 'flip') {
+    // A copy with one byte flipped in every fourth piece.
+    file = `${setup.file}.lying`
+    const source = await open(setup.file!, 'r')
+    const target = await open(file, 'w')
+    const buffer = Buffer.alloc(setup.pieceSize)
+    for (let index = 0; index < pieces; index++) {
+      const { bytesRead } = await source.read(buffer, 0, setup.pieceSize, index * setup.pieceSize)
+      if (index % 4 === 0) buffer[0]! ^= 0xff
+      await target.write(buffer, 0, bytesRead, index * setup.pieceSize)
+    }
+    await source.close()
+    await target.close()
+  }
+  provider.serve(setup.pieceIndex.sha256, {
+    size: setup.size,
+    pieceSize: setup.pieceSize,
+    have: Bitfield.full(pieces),
+    path: file,
+  })
+  await node.libp2p.handle('/bench/raw/1.0.0', async (stream) => {
+    for await (const chunk of createReadStream(file, { highWaterMark: 1024 * 1024 })) {
+      if (!stream.send(chunk as Buffer)) await stream.onDrain()
+    }
+    await stream.close()
+  })
+  const server = createServer((socket) =>
+    createReadStream(file, { highWaterMark: 1024 * 1024 }).pipe(socket),
+  )
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  tcpPort = (server.address() as { port: number }).port
+}
+
+process.send!({
+  ready: true,
+  addresses: node.addresses.map(String),
+  tcpPort,
+  peerId: node.peerId.toString(),
+})
+
+process.on('message', async (message: { start?: string[]; report?: boolean }) => {
+  if (message.report) {
+    process.send!({ uploaded: [...node.uploaded.values()].reduce((sum, bytes) => sum + bytes, 0) })
+    return
+  }
+  if (message.start !== undefined) {
+    const started = performance.now()
+    try {
+      const result = await downloadFromPeers({
+        node,
+        peers: message.start,
+        pieceIndex: setup.pieceIndex,
+        path: setup.output!,
+        maxInFlightPerPeer: 16,
+      })
+      process.send!({
+        done: true,
+        seconds: (performance.now() - started) / 1000,
+        piecesByPeer: result.piecesByPeer,
+        wastedPieces: result.wastedPieces,
+        banned: result.banned,
+      })
+    } catch (error) {
+      process.send!({ done: true, error: String(error) })
+    }
+  }
+})
+process.on('disconnect', () => process.exit(0))
