@@ -110,7 +110,12 @@ export class PeerNode {
       connectionEncrypters: encrypters,
       // A piece (1 MiB or more) fits one stream window, so a request needs no window-update round trips.
       streamMuxers: [
-        yamux({ initialStreamWindowSize: 4 * 1024 * 1024, maxStreamWindowSize: 16 * 1024 * 1024 }),
+        yamux({
+          streamOptions: {
+            initialStreamWindowSize: 4 * 1024 * 1024,
+            maxStreamWindowSize: 16 * 1024 * 1024,
+          },
+        }),
       ],
       ...(options.privateNetworkKey === undefined
         ? {}

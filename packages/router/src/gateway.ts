@@ -358,7 +358,13 @@ export function createGateway(options: GatewayOptions): Gateway {
       if (status !== 200) {
         const text = await upstreamResponse.body.text().catch(() => '')
         // Busy or loading is load, not a fault: another node, without counting towards ejection.
-        if (status === 503 || status === 429) return { reason: `busy (${status})`, blame: 'load' }
+        if (status === 503 || status === 429) {
+          const code = /"code":\s*"([^"]+)"/.exec(text)?.[1]
+          return {
+            reason: `busy (${status}${code === undefined ? '' : ` ${code}`})`,
+            blame: 'load',
+          }
+        }
         if (status >= 500) return fail({ reason: `answered ${status}`, blame: 'node' })
         if (status === 404 && text.includes('model_not_found'))
           return { reason: 'does not have the model', blame: 'load' }
