@@ -4,6 +4,7 @@ import { registerGatewayCommands } from './commands/gateway.js'
 import { registerInferenceCommands } from './commands/inference.js'
 import { registerKeyCommands } from './commands/keys.js'
 import { registerManifestCommands } from './commands/manifest.js'
+import { registerNodeCommands } from './commands/node.js'
 import { registerPeerCommands } from './commands/peers.js'
 import { registerRegistryCommands } from './commands/registry.js'
 import { registerStoreCommands } from './commands/store.js'
@@ -43,6 +44,7 @@ export function createProgram(context: CommandContext): Command {
   registerInferenceCommands(program, context)
   registerGatewayCommands(program, context)
   registerPeerCommands(program, context)
+  registerNodeCommands(program, context)
   registerTestkitCommands(program, context)
   for (const command of allCommands(program))
     command
