@@ -135,7 +135,11 @@ export function registerNodeCommands(program: Command, context: CommandContext):
                 importTrustedKey(await readFile(at(file), 'utf8'), file),
               ),
             )
-            const { catalog } = await fetchCatalog(config.catalogs, {
+            // Catalogs given as paths are relative to the config file, like every path in it.
+            const catalogs = config.catalogs.map((entry) =>
+              /^[a-z][a-z0-9+.-]*:/i.test(entry) ? entry : at(entry),
+            )
+            const { catalog } = await fetchCatalog(catalogs, {
               trustedKeys,
               allowUnsigned: config.allowUnsigned,
               allowInsecureMirrors: config.allowInsecureMirrors,
