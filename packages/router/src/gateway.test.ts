@@ -140,7 +140,7 @@ describe('gateway over mock nodes', () => {
   it('gives up on a node that hangs before its headers after the first-token deadline', async () => {
     const nodes = await fleet(2)
     nodes[0]!.setFaults({ hangBeforeHeaders: true })
-    const { url } = await gatewayFor(nodes, { firstTokenTimeoutMs: 150 })
+    const { url } = await gatewayFor(nodes, { firstTokenTimeoutMs: 1_000 })
     for (let index = 0; index < 6; index++) {
       const { response, node } = await chat(url, { stream: true })
       expect(response.status).toBe(200)
@@ -151,7 +151,7 @@ describe('gateway over mock nodes', () => {
   it('ends a stream that stalls mid-way with an error event after the idle timeout, never hanging', async () => {
     const nodes = await fleet(1, { tokenIntervalMs: 1 })
     nodes[0]!.setFaults({ stallAfterTokens: 2 })
-    const { url } = await gatewayFor(nodes, { idleTimeoutMs: 150 })
+    const { url } = await gatewayFor(nodes, { idleTimeoutMs: 500 })
     const { response, text } = await chat(url, { stream: true, max_tokens: 10 })
     expect(response.status).toBe(200)
     const events = text.split('\n\n').filter(Boolean)
