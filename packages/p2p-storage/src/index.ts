@@ -24,6 +24,8 @@ export { PeerError, type PeerErrorCode } from './errors.js'
 export {
   createPeerNode,
   createPrivateNetworkKey,
+  DHT_PROTOCOL,
+  digestCid,
   type PeerAddress,
   type PeerHave,
   PeerNode,

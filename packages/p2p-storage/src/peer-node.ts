@@ -15,7 +15,9 @@ import { bootstrap } from '@libp2p/bootstrap'
 import { generateKeyPair, privateKeyFromProtobuf, privateKeyToProtobuf } from '@libp2p/crypto/keys'
 import { identify } from '@libp2p/identify'
 import type { Connection, PeerId, PrivateKey, Stream } from '@libp2p/interface'
+import { type KadDHT, kadDHT, passthroughMapper } from '@libp2p/kad-dht'
 import { mdns } from '@libp2p/mdns'
+import { ping } from '@libp2p/ping'
 import { generateKey, preSharedKey } from '@libp2p/pnet'
 import { tcp } from '@libp2p/tcp'
 import { tls } from '@libp2p/tls'
@@ -24,6 +26,8 @@ import { createLogger, type Logger } from '@llmesh/core'
 import { type ModelStore, TokenBucket } from '@llmesh/downloader'
 import { isMultiaddr, type Multiaddr, multiaddr } from '@multiformats/multiaddr'
 import { createLibp2p, type Libp2p } from 'libp2p'
+import { CID } from 'multiformats/cid'
+import * as Digest from 'multiformats/hashes/digest'
 import { Bitfield } from './bitfield.js'
 import { StoreBlobProvider } from './blob-provider.js'
 import { PeerError } from './errors.js'
@@ -56,6 +60,12 @@ export interface PeerNodeOptions {
   bootstrap?: string[]
   /** Find peers on the LAN by mDNS; default false. */
   mdns?: boolean
+  /**
+   * Join the Kademlia DHT (under llmesh's own protocol id), to announce the digests this node
+   * serves and find who serves one; default true. Announcing is one record per blob, never per
+   * piece.
+   */
+  dht?: boolean
   limits?: {
     /** Piece requests served at once; past it, `busy`. Default 32. */
     concurrentUploads?: number
@@ -126,7 +136,20 @@ export class PeerNode {
           : [bootstrap({ list: options.bootstrap })]),
         ...(options.mdns ? [mdns()] : []),
       ],
-      services: { identify: identify() },
+      services: {
+        identify: identify(),
+        ping: ping(),
+        ...(options.dht === false
+          ? {}
+          : {
+              dht: kadDHT({
+                protocol: DHT_PROTOCOL,
+                clientMode: false,
+                // Keep private addresses: a community network often lives on one LAN.
+                peerInfoMapper: passthroughMapper,
+              }),
+            }),
+      },
     })
     const node = new PeerNode(
       libp2p,
@@ -143,6 +166,19 @@ export class PeerNode {
       },
     )
     log('peer %s listening on %s', libp2p.peerId.toString(), libp2p.getMultiaddrs().join(', '))
+    // Every blob of the store is announced in the background: the DHT may still be filling.
+    if (options.dht !== false && options.store !== undefined)
+      void node.provider
+        .digests()
+        .then((digests) =>
+          Promise.all(
+            digests.map((digest) =>
+              node
+                .announce(digest)
+                .catch((error: unknown) => log('announcing %s failed: %s', digest, String(error))),
+            ),
+          ),
+        )
     return node
   }
 
@@ -152,6 +188,46 @@ export class PeerNode {
 
   get addresses(): Multiaddr[] {
     return this.libp2p.getMultiaddrs()
+  }
+
+  /** Tells the DHT that this node serves `digest` (one provider record per blob). */
+  async announce(digest: string, options: { signal?: AbortSignal } = {}): Promise<void> {
+    if (this.dht() === undefined) return
+    // An announcement into an empty routing table would wait for peers; it gives up after a minute.
+    const signal = AbortSignal.any([
+      AbortSignal.timeout(60_000),
+      ...(options.signal === undefined ? [] : [options.signal]),
+    ])
+    await this.libp2p.contentRouting.provide(digestCid(digest), { signal })
+  }
+
+  /** Peers the DHT knows to serve `digest`, as addresses to download from. */
+  async findPeers(
+    digest: string,
+    options: { signal?: AbortSignal; limit?: number } = {},
+  ): Promise<Multiaddr[][]> {
+    const found: Multiaddr[][] = []
+    for await (const provider of this.libp2p.contentRouting.findProviders(
+      digestCid(digest),
+      options,
+    )) {
+      if (provider.id.equals(this.peerId)) continue
+      const unique = new Map<string, Multiaddr>()
+      for (const address of provider.multiaddrs) {
+        const full = address.getComponents().some((component) => component.name === 'p2p')
+          ? address
+          : address.encapsulate(`/p2p/${provider.id.toString()}`)
+        unique.set(full.toString(), full)
+      }
+      const addresses = [...unique.values()]
+      if (addresses.length > 0) found.push(addresses)
+      if (found.length >= (options.limit ?? 20)) break
+    }
+    return found
+  }
+
+  private dht(): KadDHT | undefined {
+    return (this.libp2p.services as { dht?: KadDHT }).dht
   }
 
   /** The pieces of `digest` a peer holds (verified ones, by its account). */
@@ -359,6 +435,14 @@ function parseAnswer<Schema extends typeof haveAnswerSchema | typeof pieceAnswer
       peer,
     })
   return parsed.data as ReturnType<Schema['parse']>
+}
+
+/** llmesh's own DHT, apart from the public IPFS one. */
+export const DHT_PROTOCOL = '/llmesh/kad/1.0.0'
+
+/** The content id of a blob: raw bytes whose sha2-256 multihash is the blob's digest. */
+export function digestCid(digest: string): CID {
+  return CID.createV1(0x55, Digest.create(0x12, Buffer.from(digest, 'hex')))
 }
 
 function dialable(address: PeerAddress): PeerId | Multiaddr | Multiaddr[] {

@@ -142,6 +142,8 @@ export async function downloadFromPeers(
           path,
         })
 
+  // A node that downloads a blob serves it too: tell the DHT (one record per blob).
+  if (options.serve !== false) void node.announce(digest).catch(() => {})
   const peers: PeerState[] = options.peers.map((address) => ({
     id: peerIdOf(address),
     address,

@@ -4,7 +4,7 @@ import { readFile, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { createManifest, type PieceIndex } from '@llmesh/manifest'
 import { createTempDir, type TempDir } from '@llmesh/testkit'
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
+import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest'
 import { Bitfield } from './bitfield.js'
 import { StoreBlobProvider } from './blob-provider.js'
 import { PeerError } from './errors.js'
@@ -236,6 +236,34 @@ describe('swarm download over real libp2p nodes', () => {
     await expect(
       open.have(member.addresses, pieceIndex.sha256, { signal: AbortSignal.timeout(5_000) }),
     ).rejects.toThrow()
+  })
+
+  it('finds the peers that serve a digest through the DHT, and downloads from them', async () => {
+    const seeder = await seed()
+    // A chain: the leecher knows only a relay, which knows only the seed.
+    const relay = await node({ bootstrap: [seeder.addresses[0]!.toString()] })
+    const leecher = await node({ bootstrap: [relay.addresses[0]!.toString()] })
+    await vi.waitFor(() => expect(relay.libp2p.getConnections().length).toBe(2), {
+      timeout: 20_000,
+      interval: 50,
+    })
+    await seeder.announce(pieceIndex.sha256, { signal: AbortSignal.timeout(10_000) })
+    let found: Awaited<ReturnType<PeerNode['findPeers']>> = []
+    await vi.waitFor(
+      async () => {
+        found = await leecher.findPeers(pieceIndex.sha256, {
+          signal: AbortSignal.timeout(2_000),
+          limit: 1,
+        })
+        expect(found).toHaveLength(1)
+      },
+      { timeout: 20_000, interval: 100 },
+    )
+    expect(found[0]![0]!.toString()).toContain(seeder.peerId.toString())
+    const path = at('via-dht')
+    const result = await downloadFromPeers({ node: leecher, peers: found, pieceIndex, path })
+    expect(result.piecesByPeer[seeder.peerId.toString()]).toBe(pieces)
+    expect(Buffer.from(await readFile(path)).equals(Buffer.from(blob))).toBe(true)
   })
 
   it('resumes after SIGKILL at 50 % without fetching verified pieces again', async () => {

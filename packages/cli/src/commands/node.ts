@@ -118,9 +118,22 @@ export function registerNodeCommands(program: Command, context: CommandContext):
         const downloader = createDownloader({
           store,
           allowInsecureMirrors: config.allowInsecureMirrors,
-          ...(peer === undefined || config.p2p.peers.length === 0
+          // Peers: the configured ones, and those the DHT knows to serve the blob.
+          ...(peer === undefined
             ? {}
-            : { extraSources: () => [new PeerByteSource(peer, config.p2p.peers)] }),
+            : {
+                extraSources: async ({ sha256 }) => {
+                  // With no connection there is no DHT to ask (a first node, a lone node).
+                  const found =
+                    sha256 === undefined || peer.libp2p.getConnections().length === 0
+                      ? []
+                      : await peer
+                          .findPeers(sha256, { signal: AbortSignal.timeout(5_000), limit: 8 })
+                          .catch(() => [])
+                  const peers = [...config.p2p.peers, ...found]
+                  return peers.length === 0 ? [] : [new PeerByteSource(peer, peers)]
+                },
+              }),
         })
         try {
           for (const model of config.models) {
