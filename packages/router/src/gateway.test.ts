@@ -254,6 +254,12 @@ describe('gateway over mock nodes', () => {
       byTask.set(node!, (byTask.get(node!) ?? 0) + 1)
     }
     expect(byTask.get('node-1')).toBeGreaterThan(14)
+    // A required specialty is a filter: only node-1 has `code`.
+    for (let index = 0; index < 5; index++)
+      expect((await chat(url, {}, { 'x-llmesh-require': 'code' })).node).toBe('node-1')
+    const impossible = await chat(url, {}, { 'x-llmesh-require': 'code,vision' })
+    expect(impossible.response.status).toBe(404)
+    expect(JSON.parse(impossible.text).error.message).toContain('with the specialties code, vision')
     const unknown = await chat(url, { model: 'nobody' })
     expect(unknown.response.status).toBe(404)
     expect(JSON.parse(unknown.text).error.code).toBe('model_not_found')

@@ -214,11 +214,21 @@ export function createGateway(options: GatewayOptions): Gateway {
     const maxTokens = typeof parsed.max_tokens === 'number' ? parsed.max_tokens : 0
     // A model asked for by digest is sent to each node under the id that node knows it by.
     const hostedIds = new Map<string, string>()
+    // Specialties the request requires (`x-llmesh-require: code,fr`): a hard filter, unlike the
+    // task's preferred specialty, which only lowers a node's cost.
+    const requireHeader = request.headers['x-llmesh-require']
+    const required = (
+      Array.isArray(requireHeader) ? requireHeader.join(',') : (requireHeader ?? '')
+    )
+      .split(',')
+      .map((entry) => entry.trim())
+      .filter(Boolean)
     const candidates = options.nodes.nodes().filter((node) => {
       const hosted = node.models.find(
         (entry) =>
           (entry.id === model || entry.digest === model) &&
-          (entry.contextSize === undefined || maxTokens < entry.contextSize),
+          (entry.contextSize === undefined || maxTokens < entry.contextSize) &&
+          required.every((specialty) => entry.specialties?.includes(specialty)),
       )
       if (hosted !== undefined) hostedIds.set(node.id, hosted.id)
       return hosted !== undefined
@@ -237,7 +247,7 @@ export function createGateway(options: GatewayOptions): Gateway {
       return sendError(
         response,
         404,
-        `No node serves the model '${model}'.`,
+        `No node serves the model '${model}'${required.length === 0 ? '' : ` with the specialties ${required.join(', ')}`}.`,
         'invalid_request_error',
         'model',
         'model_not_found',
