@@ -236,25 +236,18 @@ export class PeerNode {
     digest: string,
     options: { signal?: AbortSignal } = {},
   ): Promise<PeerHave> {
-    const stream = await this.libp2p.dialProtocol(dialable(peer), HAVE_PROTOCOL, options)
-    const messages = lpStream(stream, { maxDataLength: MAX_MESSAGE_BYTES })
-    try {
-      await messages.write(encodeJson({ digest }), options)
-      const answer = parseAnswer(haveAnswerSchema, await messages.read(options), peerIdOf(peer))
-      if (answer.status === 'error')
-        throw new PeerError({
-          code: answer.code,
-          message: answer.message,
-          peer: peerIdOf(peer),
-          digest,
-        })
-      return {
-        size: answer.size,
-        pieceSize: answer.pieceSize,
-        have: Bitfield.fromBase64(Math.ceil(answer.size / answer.pieceSize), answer.bitfield),
-      }
-    } finally {
-      await stream.close().catch(() => stream.abort(new Error('closed')))
+    const { answer, stream } = await this.ask(
+      peer,
+      HAVE_PROTOCOL,
+      haveAnswerSchema,
+      { digest },
+      options,
+    )
+    await stream.close().catch(() => stream.abort(new Error('closed')))
+    return {
+      size: answer.size,
+      pieceSize: answer.pieceSize,
+      have: Bitfield.fromBase64(Math.ceil(answer.size / answer.pieceSize), answer.bitfield),
     }
   }
 
@@ -265,18 +258,14 @@ export class PeerNode {
     index: number,
     options: { signal?: AbortSignal } = {},
   ): Promise<Uint8Array> {
-    const stream = await this.libp2p.dialProtocol(dialable(peer), PIECE_PROTOCOL, options)
-    const messages = lpStream(stream, { maxDataLength: MAX_MESSAGE_BYTES })
+    const { answer, stream, messages } = await this.ask(
+      peer,
+      PIECE_PROTOCOL,
+      pieceAnswerSchema,
+      { digest, index },
+      options,
+    )
     try {
-      await messages.write(encodeJson({ digest, index }), options)
-      const answer = parseAnswer(pieceAnswerSchema, await messages.read(options), peerIdOf(peer))
-      if (answer.status === 'error')
-        throw new PeerError({
-          code: answer.code,
-          message: answer.message,
-          peer: peerIdOf(peer),
-          digest,
-        })
       const bytes = (await messages.read(options)).subarray()
       if (bytes.byteLength !== answer.length)
         throw new PeerError({
@@ -291,6 +280,33 @@ export class PeerNode {
       throw error
     } finally {
       if (stream.status === 'open') await stream.close().catch(() => {})
+    }
+  }
+
+  /** Opens a stream, sends the request, and reads the answer's header; a refusal becomes a `PeerError`. */
+  private async ask<Schema extends typeof haveAnswerSchema | typeof pieceAnswerSchema>(
+    peer: PeerAddress,
+    protocol: string,
+    schema: Schema,
+    request: { digest: string; index?: number },
+    options: { signal?: AbortSignal },
+  ) {
+    const stream = await this.libp2p.dialProtocol(dialable(peer), protocol, options)
+    const messages = lpStream(stream, { maxDataLength: MAX_MESSAGE_BYTES })
+    try {
+      await messages.write(encodeJson(request), options)
+      const answer = parseAnswer(schema, await messages.read(options), peerIdOf(peer))
+      if (answer.status === 'error')
+        throw new PeerError({
+          code: answer.code,
+          message: answer.message,
+          peer: peerIdOf(peer),
+          digest: request.digest,
+        })
+      return { answer: answer as Extract<typeof answer, { status: 'ok' }>, stream, messages }
+    } catch (error) {
+      stream.abort(error instanceof Error ? error : new Error(String(error)))
+      throw error
     }
   }
 
