@@ -33,6 +33,7 @@ import {
   importTrustedKey,
   type PieceIndex,
   signCatalog,
+  verifyCatalog,
 } from '@llmesh/manifest'
 import { createPeerNode, PeerByteSource, type PeerNode } from '@llmesh/p2p-storage'
 import { createHostCache, createRegistryClient, startHeartbeat } from '@llmesh/registry-client'
@@ -121,29 +122,18 @@ async function main() {
   const engine = await createInferenceEngine()
   cleanup.push(() => engine.dispose())
 
-  // 3 and 4. Two nodes.
-  const nodeA = await startNode('node-a', {
+  // 3 and 4. Two nodes; each trusts the catalog only after checking its signature.
+  const shared: NodeSetup = {
     folder,
     registryUrl: registryServer.url,
     engine,
     admin,
-    manifest,
-    catalog,
+    catalogText: JSON.stringify(catalog),
     trusted,
     pieceIndex: pieceIndexes[0]!,
-    peers: [],
-  })
-  const nodeB = await startNode('node-b', {
-    folder,
-    registryUrl: registryServer.url,
-    engine,
-    admin,
-    manifest,
-    catalog,
-    trusted,
-    pieceIndex: pieceIndexes[0]!,
-    peers: [nodeA.peer.addresses[0]!.toString()],
-  })
+  }
+  const nodeA = await startNode('node-a', shared, [])
+  const nodeB = await startNode('node-b', shared, [nodeA.peer.addresses[0]!.toString()])
 
   // 5. The gateway, over the registry's ready nodes.
   const reader = createRegistryClient({ urls: [registryServer.url], token: adminToken })
@@ -275,29 +265,30 @@ interface NodeSetup {
   registryUrl: string
   engine: InferenceEngine
   admin: ReturnType<typeof createRegistryClient>
-  manifest: Awaited<ReturnType<typeof createManifest>>['manifest']
-  catalog: ReturnType<typeof signCatalog>
+  /** The catalog as served: verified against `trusted` before a model is taken from it. */
+  catalogText: string
   trusted: ReturnType<typeof importTrustedKey>
   pieceIndex: PieceIndex
-  peers: string[]
 }
 
-async function startNode(name: string, setup: NodeSetup) {
+async function startNode(name: string, setup: NodeSetup, peers: string[]) {
   const label = name === 'node-a' ? '3. node A' : '4. node B'
+  const { catalog, keyId } = verifyCatalog(setup.catalogText, [setup.trusted], {
+    allowInsecureMirrors: true,
+  })
+  const manifest = catalog.models.find((model) => model.id === MODEL_ID)!
   const store = await ModelStore.open({ root: join(setup.folder, name) })
   const peer: PeerNode = await createPeerNode({ store })
   const downloader = createDownloader({
     store,
     allowInsecureMirrors: true,
-    ...(setup.peers.length === 0
-      ? {}
-      : { extraSources: () => [new PeerByteSource(peer, setup.peers)] }),
+    ...(peers.length === 0 ? {} : { extraSources: () => [new PeerByteSource(peer, peers)] }),
   })
   say(
-    `${label}: pulling ${MODEL_ID}${setup.peers.length === 0 ? ' from the mirrors' : ' from node A over libp2p and the mirrors'}`,
+    `${label}: catalog signature checked (${keyId}); pulling ${MODEL_ID}${peers.length === 0 ? ' from the mirrors' : ' from node A over libp2p and the mirrors'}`,
   )
   let lastShown = -1
-  const pulled = await downloader.pull(setup.manifest, {
+  const pulled = await downloader.pull(manifest, {
     pieceIndexes: [setup.pieceIndex],
     onProgress: (event: DownloadProgressEvent) => {
       if (event.type !== 'download:progress') return
