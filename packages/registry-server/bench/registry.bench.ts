@@ -1,18 +1,22 @@
 /**
  * Load on the registry: N simulated nodes, each with its own node credential, heartbeat every
- * 10 s (spread evenly: N / 10 heartbeats per second) for the duration, while clients look up the
- * hosts of random models. Reports latency percentiles and errors of both, measured by the client.
+ * 10 s (N / 10 heartbeats per second) for the duration, while clients look up the hosts of random
+ * models. Reports latency percentiles and errors of both, as the clients see them.
  *
  *   node bench/registry.bench.ts [--nodes 10000] [--seconds 60] [--lookups-per-second 200] [--smoke]
  *
- * The anchor is the same request against a bare node:http server answering a fixed JSON body
- * (raw HTTP cost on this machine), measured in the same run. Writes bench/results/registry.json
- * and the table in README.md (not in --smoke mode).
+ * The load comes from wrk (Debian's `wrk`, C, with the Lua scripts in bench/wrk/): a load
+ * generator in Node would add its own garbage-collection pauses to the figures it measures, and
+ * share the cores with the registry more heavily. Each wrk connection waits a random delay between
+ * requests, so requests arrive spread out at the set rates. Setup (credentials, registrations)
+ * goes through @llmesh/registry-client.
+ *
+ * The anchor is the same load against a bare node:http server answering a fixed body of the same
+ * size (what node:http itself costs on this machine), in the same run. Writes
+ * bench/results/registry.json and the table in README.md (not in --smoke mode).
  */
 import { spawn } from 'node:child_process'
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
-import { createServer } from 'node:http'
-import type { AddressInfo } from 'node:net'
 import { cpus, tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { parseArgs } from 'node:util'
@@ -33,43 +37,97 @@ const smoke = values.smoke === true
 const nodeCount = smoke ? 200 : Number(values.nodes)
 const seconds = smoke ? 3 : Number(values.seconds)
 const lookupsPerSecond = smoke ? 50 : Number(values['lookups-per-second'])
-const heartbeatIntervalMs = 10_000
+const heartbeatsPerSecond = nodeCount / 10
 const modelCount = 100
+const wrkFolder = new URL('./wrk/', import.meta.url).pathname
 
-const percentile = (sorted: number[], fraction: number) =>
-  sorted[Math.min(sorted.length - 1, Math.floor(sorted.length * fraction))] ?? Number.NaN
-const summary = (latencies: number[]) => {
-  const sorted = [...latencies].sort((a, b) => a - b)
-  return {
-    count: sorted.length,
-    p50: percentile(sorted, 0.5),
-    p90: percentile(sorted, 0.9),
-    p99: percentile(sorted, 0.99),
-    max: sorted.at(-1) ?? Number.NaN,
-  }
-}
 const digestOf = (index: number) => index.toString(16).padStart(64, '0')
 
-const folder = await mkdtemp(join(tmpdir(), 'llmesh-bench-registry-'))
-const child =
-  values.url === undefined
-    ? spawn(
-        process.execPath,
-        [
-          new URL('./registry-server-child.ts', import.meta.url).pathname,
-          join(folder, 'registry.db'),
-        ],
-        { stdio: ['ignore', 'pipe', 'inherit'] },
-      )
-    : undefined
-const url =
-  values.url ??
-  (await new Promise<string>((resolve, reject) => {
-    child!.stdout!.once('data', (chunk: Buffer) =>
+/** A child process that prints `{"url": ...}` on its first line, and its URL. */
+async function startChild(script: string, args: string[]) {
+  const child = spawn(process.execPath, [new URL(script, import.meta.url).pathname, ...args], {
+    stdio: ['ignore', 'pipe', 'inherit'],
+  })
+  const url = await new Promise<string>((resolve, reject) => {
+    child.stdout.once('data', (chunk: Buffer) =>
       resolve((JSON.parse(chunk.toString()) as { url: string }).url),
     )
-    child!.once('exit', (code) => reject(new Error(`registry exited ${code}`)))
-  }))
+    child.once('exit', (code) => reject(new Error(`${script} exited ${code}`)))
+  })
+  return { child, url }
+}
+
+interface WrkSummary {
+  requests: number
+  bytes: number
+  durationUs: number
+  errors: { connect: number; read: number; write: number; status: number; timeout: number }
+  p50: number
+  p90: number
+  p99: number
+  max: number
+}
+
+/** One wrk process sending `rate` requests per second for `duration` seconds; its summary. */
+async function runWrk(
+  script: 'heartbeat' | 'lookup',
+  target: string,
+  rate: number,
+  duration: number,
+  environment: Record<string, string>,
+): Promise<WrkSummary> {
+  // About 20 requests per second per connection, each waiting a random delay between requests.
+  const connections = Math.max(1, Math.ceil(rate / 20))
+  const child = spawn(
+    'wrk',
+    ['-t1', `-c${connections}`, `-d${duration}s`, '-s', join(wrkFolder, `${script}.lua`), target],
+    {
+      stdio: ['ignore', 'pipe', 'inherit'],
+      env: {
+        ...process.env,
+        ...environment,
+        LLMESH_WRK_DIR: wrkFolder,
+        LLMESH_DELAY_MS: String((connections * 1000) / rate),
+      },
+    },
+  )
+  let output = ''
+  child.stdout.on('data', (chunk: Buffer) => {
+    output += chunk.toString()
+  })
+  const code = await new Promise<number | null>((resolve, reject) => {
+    child.once('error', (error) =>
+      reject(new Error(`wrk could not start (${error.message}); install it: apt-get install wrk`)),
+    )
+    child.once('exit', resolve)
+  })
+  const line = output.split('\n').find((text) => text.startsWith('{'))
+  if (code !== 0 || line === undefined) throw new Error(`wrk ${script} failed (${code}): ${output}`)
+  return JSON.parse(line) as WrkSummary
+}
+
+/** Heartbeats and lookups at once against `target`, with the same rates and duration. */
+async function load(target: string, duration: number, tokensFile: string, readToken: string) {
+  const [heartbeat, lookup] = await Promise.all([
+    runWrk('heartbeat', target, heartbeatsPerSecond, duration, { LLMESH_TOKENS: tokensFile }),
+    runWrk('lookup', target, lookupsPerSecond, duration, {
+      LLMESH_MODELS: String(modelCount),
+      LLMESH_READ_TOKEN: readToken,
+    }),
+  ])
+  return { heartbeat, lookup }
+}
+
+const errorsOf = (summary: WrkSummary) =>
+  Object.values(summary.errors).reduce((total, count) => total + count, 0)
+
+const folder = await mkdtemp(join(tmpdir(), 'llmesh-bench-registry-'))
+const registry =
+  values.url === undefined
+    ? await startChild('./registry-server-child.ts', [join(folder, 'registry.db')])
+    : undefined
+const url = values.url ?? registry!.url
+let anchorServer: Awaited<ReturnType<typeof startChild>> | undefined
 
 const pool = new Pool(url, { connections: 64, pipelining: 1 })
 try {
@@ -111,123 +169,21 @@ try {
     )
   }
 
-  const heartbeatLatencies: number[] = []
-  const lookupLatencies: number[] = []
-  let heartbeatErrors = 0
-  let lookupErrors = 0
-  let hostsReturned = 0
-  const body = JSON.stringify({
-    inFlight: 1,
-    queueDepth: 0,
-    tokensPerSecond: 25.5,
-    loadedModels: [digestOf(1)],
-  })
-  const timed = async (
-    path: string,
-    init: { method: 'GET' | 'POST'; headers?: Record<string, string>; body?: string },
-    into: number[],
-  ): Promise<Buffer[] | undefined> => {
-    const started = performance.now()
-    try {
-      const response = await pool.request({
-        path,
-        method: init.method,
-        headers: init.headers,
-        body: init.body,
-      })
-      // Bytes are kept as chunks, not decoded: the load generator must not stall the figures.
-      const chunks: Buffer[] = []
-      for await (const chunk of response.body) chunks.push(chunk as Buffer)
-      into.push(performance.now() - started)
-      return response.statusCode === 200 ? chunks : undefined
-    } catch {
-      return undefined
-    }
-  }
+  const tokensFile = join(folder, 'tokens.txt')
+  await writeFile(tokensFile, `${tokens.join('\n')}\n`)
 
-  // Heartbeats spread evenly over each 10 s interval; lookups at a steady rate.
-  const heartbeatsPerTick = (nodeCount / heartbeatIntervalMs) * 10
-  let nextNode = 0
-  let carry = 0
-  const pending = new Set<Promise<unknown>>()
-  const track = (promise: Promise<unknown>) => {
-    pending.add(promise)
-    void promise.finally(() => pending.delete(promise))
-  }
-  const started = performance.now()
-  await new Promise<void>((resolve) => {
-    const ticker = setInterval(() => {
-      if (performance.now() - started >= seconds * 1000) {
-        clearInterval(ticker)
-        resolve()
-        return
-      }
-      carry += heartbeatsPerTick
-      for (; carry >= 1; carry--) {
-        const index = nextNode++ % nodeCount
-        track(
-          timed(
-            `/v1/nodes/node-${index}/heartbeat`,
-            {
-              method: 'POST',
-              headers: {
-                authorization: `Bearer ${tokens[index]}`,
-                'content-type': 'application/json',
-              },
-              body,
-            },
-            heartbeatLatencies,
-          ).then((text) => {
-            if (text === undefined) heartbeatErrors++
-          }),
-        )
-      }
-      for (let lookup = 0; lookup < lookupsPerSecond / 100; lookup++) {
-        const model = Math.floor(Math.random() * modelCount)
-        track(
-          timed(
-            `/v1/hosts?model=acme/model-${model}`,
-            { method: 'GET', headers: { authorization: `Bearer ${tokens[0]}` } },
-            lookupLatencies,
-          ).then((text) => {
-            if (text === undefined) lookupErrors++
-            // One lookup in twenty is decoded to count its hosts, so the generator stays light.
-            else if (lookupLatencies.length % 20 === 0) {
-              hostsReturned += (Buffer.concat(text).toString().split('"nodeId"').length - 1) * 20
-            }
-          }),
-        )
-      }
-    }, 10)
-  })
-  await Promise.all(pending)
+  const measured = await load(url, seconds, tokensFile, tokens[0]!)
 
-  // Anchor: a bare node:http server answering a fixed body, same client, same connection count.
-  const fixed = JSON.stringify({ state: 'ready' })
-  const bare = createServer((request, response) => {
-    request.resume()
-    request.on('end', () =>
-      response.writeHead(200, { 'content-type': 'application/json' }).end(fixed),
-    )
-  })
-  await new Promise<void>((resolve) => bare.listen(0, '127.0.0.1', resolve))
-  const barePool = new Pool(`http://127.0.0.1:${(bare.address() as AddressInfo).port}`, {
-    connections: 64,
-  })
-  const anchorLatencies: number[] = []
-  for (let round = 0; round < Math.min(seconds, 10) * 100; round++) {
-    await Promise.all(
-      Array.from({ length: Math.ceil(heartbeatsPerTick) }, async () => {
-        const at = performance.now()
-        const response = await barePool.request({ path: '/', method: 'POST', body })
-        await response.body.text()
-        anchorLatencies.push(performance.now() - at)
-      }),
-    )
-    await new Promise((resolve) => setTimeout(resolve, 10))
+  // How many hosts a lookup returned: every model once, after the load.
+  let hosts = 0
+  for (let model = 0; model < modelCount; model++) {
+    const response = await pool.request({
+      path: `/v1/hosts?model=acme/model-${model}`,
+      method: 'GET',
+      headers: { authorization: `Bearer ${tokens[0]}` },
+    })
+    hosts += ((await response.body.json()) as { nodes: unknown[] }).nodes.length
   }
-  await barePool.close()
-  bare.close()
 
   // The registry's own view: its request-duration histogram, which leaves out the client's queue.
   const metricsText = await (await pool.request({ path: '/metrics', method: 'GET' })).body.text()
@@ -246,36 +202,58 @@ try {
     const total = buckets.at(-1)?.count ?? 0
     return buckets.find((bucket) => bucket.count >= total * 0.99)?.le ?? Number.NaN
   }
-  const heartbeat = summary(heartbeatLatencies)
-  const lookup = summary(lookupLatencies)
-  const anchor = summary(anchorLatencies)
+
+  // Anchor: the same load against a bare node:http server answering bodies of the same sizes.
+  const lookupBytes = Math.round(measured.lookup.bytes / Math.max(1, measured.lookup.requests))
+  anchorServer = await startChild('./bare-server-child.ts', [String(lookupBytes)])
+  const anchor = await load(anchorServer.url, Math.min(seconds, 30), tokensFile, tokens[0]!)
+
+  const rateOf = (summary: WrkSummary) => summary.requests / (summary.durationUs / 1e6)
+  const figures = (summary: WrkSummary) => ({
+    count: summary.requests,
+    perSecond: rateOf(summary),
+    p50: summary.p50,
+    p90: summary.p90,
+    p99: summary.p99,
+    max: summary.max,
+    errors: errorsOf(summary),
+  })
   const results = {
     date: new Date().toISOString(),
     node: process.version,
     cpu: cpus()[0]?.model.trim(),
     cores: cpus().length,
+    loadGenerator: 'wrk',
     nodes: nodeCount,
     seconds,
-    heartbeatsPerSecond: nodeCount / (heartbeatIntervalMs / 1000),
+    heartbeatsPerSecond,
     lookupsPerSecond,
-    averageHostsPerLookup: lookup.count === 0 ? 0 : hostsReturned / lookup.count,
+    averageHostsPerLookup: hosts / modelCount,
+    averageLookupBytes: lookupBytes,
     heartbeat: {
-      ...heartbeat,
-      errors: heartbeatErrors,
+      ...figures(measured.heartbeat),
       serverP99AtMostMs: serverP99('/v1/nodes/:nodeId/heartbeat'),
     },
-    lookup: { ...lookup, errors: lookupErrors, serverP99AtMostMs: serverP99('/v1/hosts') },
-    bareHttpAnchor: anchor,
+    lookup: { ...figures(measured.lookup), serverP99AtMostMs: serverP99('/v1/hosts') },
+    bareHttpAnchor: { heartbeat: figures(anchor.heartbeat), lookup: figures(anchor.lookup) },
     targets: { errors: 0, heartbeatP99Ms: 20, lookupP99Ms: 5 },
   }
   const ms = (value: number) => `${value.toFixed(2)} ms`
+  const row = (name: string, summary: WrkSummary, target: string) =>
+    `| ${name} | ${rateOf(summary).toFixed(0)}/s | ${ms(summary.p50)} | ${ms(summary.p90)} | ${ms(summary.p99)} | ${ms(summary.max)} | ${summary.requests} | ${errorsOf(summary)} | ${target} |`
+  const kilobytes = `${(lookupBytes / 1000).toFixed(0)} kB`
   const table = [
-    '| figure | p50 | p90 | p99 | max | count | errors | target |',
-    '| --- | --- | --- | --- | --- | --- | --- | --- |',
-    `| heartbeat (${results.heartbeatsPerSecond}/s from ${nodeCount} nodes) | ${ms(heartbeat.p50)} | ${ms(heartbeat.p90)} | ${ms(heartbeat.p99)} | ${ms(heartbeat.max)} | ${heartbeat.count} | ${heartbeatErrors} | p99 ≤ 20 ms, no errors |`,
-    `| host lookup (${lookupsPerSecond}/s, ${results.averageHostsPerLookup.toFixed(0)} hosts each) | ${ms(lookup.p50)} | ${ms(lookup.p90)} | ${ms(lookup.p99)} | ${ms(lookup.max)} | ${lookup.count} | ${lookupErrors} | p99 ≤ 5 ms, no errors |`,
-    `| same, inside the registry (its histogram: p99 at most) | | | heartbeat ≤ ${results.heartbeat.serverP99AtMostMs} ms, lookup ≤ ${results.lookup.serverP99AtMostMs} ms | | | | |`,
-    `| anchor: bare node:http, fixed body | ${ms(anchor.p50)} | ${ms(anchor.p90)} | ${ms(anchor.p99)} | ${ms(anchor.max)} | ${anchor.count} | 0 | |`,
+    '| figure | rate | p50 | p90 | p99 | max | count | errors | target |',
+    '| --- | --- | --- | --- | --- | --- | --- | --- | --- |',
+    row(`heartbeat (from ${nodeCount} nodes)`, measured.heartbeat, 'p99 ≤ 20 ms, no errors'),
+    row(
+      `host lookup (${results.averageHostsPerLookup.toFixed(0)} hosts, ${kilobytes})`,
+      measured.lookup,
+      'p99 ≤ 5 ms, no errors',
+    ),
+    `| same, inside the registry (its histogram: p99 at most) | | | | heartbeat ≤ ${results.heartbeat.serverP99AtMostMs} ms, lookup ≤ ${results.lookup.serverP99AtMostMs} ms | | | | |`,
+    row('anchor: bare node:http, heartbeat', anchor.heartbeat, ''),
+    row(`anchor: bare node:http, fixed ${kilobytes} body`, anchor.lookup, ''),
   ].join('\n')
   console.log(table)
   if (!smoke) {
@@ -289,12 +267,13 @@ try {
     if (text.includes(start))
       await writeFile(
         readme,
-        `${text.slice(0, text.indexOf(start) + start.length)}\n${table}\n\nMeasured ${results.date} on ${results.cores} cores (${results.cpu}), Node ${process.version}, ${seconds} s, registry on SQLite in its own process. Reproduce: \`pnpm --filter @llmesh/registry-server bench\`.\n${text.slice(text.indexOf(end))}`,
+        `${text.slice(0, text.indexOf(start) + start.length)}\n${table}\n\nMeasured ${results.date} on ${results.cores} cores (${results.cpu}), Node ${process.version}, ${seconds} s of load from wrk, registry on SQLite in its own process. Reproduce: \`pnpm --filter @llmesh/registry-server bench\`.\n${text.slice(text.indexOf(end))}`,
       )
   }
-  if (heartbeatErrors + lookupErrors > 0 && smoke) process.exitCode = 1
+  if (errorsOf(measured.heartbeat) + errorsOf(measured.lookup) > 0 && smoke) process.exitCode = 1
 } finally {
   await pool.close()
-  child?.kill('SIGTERM')
+  registry?.child.kill('SIGTERM')
+  anchorServer?.child.kill('SIGTERM')
   await rm(folder, { recursive: true, force: true })
 }

@@ -10,8 +10,11 @@ import type { IncomingMessage, RequestListener, ServerResponse } from 'node:http
 export class Reply {
   constructor(
     readonly status: number,
-    /** Text, or bytes already encoded (a cached answer sent many times). */
-    readonly body: string | Buffer,
+    /**
+     * Text, or bytes already encoded: one buffer, or pieces sent in one write (a large answer
+     * joined from prepared pieces without copying them into a new buffer).
+     */
+    readonly body: string | Buffer | readonly Buffer[],
     readonly headers: Record<string, string> = { 'content-type': 'application/json' },
   ) {}
 
@@ -187,9 +190,22 @@ function readBody(request: IncomingMessage, limit: number): Promise<string | und
 
 function send(response: ServerResponse, reply: Reply): void {
   if (response.headersSent) return
+  const { body } = reply
+  const pieces = typeof body === 'string' || Buffer.isBuffer(body) ? undefined : body
   response.writeHead(reply.status, {
     ...reply.headers,
-    'content-length': Buffer.byteLength(reply.body),
+    'content-length':
+      pieces === undefined
+        ? Buffer.byteLength(body as string | Buffer)
+        : pieces.reduce((total, piece) => total + piece.byteLength, 0),
   })
-  response.end(reply.body)
+  if (pieces === undefined) {
+    response.end(body)
+    return
+  }
+  // Corked, the pieces leave in one vectored write.
+  response.cork()
+  for (const piece of pieces) response.write(piece)
+  response.uncork()
+  response.end()
 }

@@ -10,6 +10,7 @@ import {
   type NetworkModel,
   type NodeRecord,
   type NodeState,
+  nodeStates,
   openApiDocument,
   registerNodeSchema,
   usageReportSchema,
@@ -21,6 +22,8 @@ import { type Exchange, Reply, Router } from './http.js'
 import { renderStatusPage } from './status-page.js'
 
 const log = createLogger('registry:server')
+const NODES_OPEN = Buffer.from('{"nodes":[')
+const NODES_CLOSE = Buffer.from(']}')
 
 export interface RegistryServerOptions {
   /** SQLite file, or `:memory:`. Default `:memory:`. */
@@ -79,20 +82,42 @@ export function createRegistry(options: RegistryServerOptions = {}): Registry {
   )
   const credentialCache = new Map<string, StoredCredential | null>()
 
-  // What reads need, kept ready: each node's JSON pieces (so a lookup of hundreds of hosts only
-  // joins strings) and which nodes host which model id and digest (so it never scans them all).
+  // What reads need, kept ready: each node's JSON as bytes (so a lookup of hundreds of hosts only
+  // writes prepared buffers, and allocates no large string or buffer: those made the garbage
+  // collector pause every second under load), and which nodes host which model id and digest (so
+  // it never scans them all).
   interface NodeView {
-    /** The registration as JSON, without its closing brace. */
-    head: string
-    registeredAt: string
-    lastHeartbeatAt: string
-    loadJson: string
+    /** The registration as JSON, without its closing brace, then `,"state":"`. */
+    head: Buffer
+    /** `","registeredAt":...,"lastHeartbeatAt":...,"load":...}`: rebuilt on every heartbeat. */
+    tail: Buffer
+    /** `,` and the whole record in the state it was last read in; dropped on every heartbeat. */
+    record?: { state: NodeState; bytes: Buffer }
+  }
+  const COMMA = Buffer.from(',')
+  const STATE_BYTES = new Map(nodeStates.map((state) => [state, Buffer.from(state)]))
+  const tailOf = (node: StoredNode, loadJson: string) =>
+    Buffer.from(
+      `","registeredAt":${JSON.stringify(new Date(node.registeredAt).toISOString())},"lastHeartbeatAt":${
+        node.lastHeartbeatAt === undefined
+          ? 'null'
+          : JSON.stringify(new Date(node.lastHeartbeatAt).toISOString())
+      },"load":${loadJson}}`,
+    )
+  /** The node's record as `,{...}`, built at most once per heartbeat or change of state. */
+  const recordBytes = (view: NodeView, state: NodeState) => {
+    if (view.record?.state !== state)
+      view.record = {
+        state,
+        bytes: Buffer.concat([COMMA, view.head, STATE_BYTES.get(state)!, view.tail]),
+      }
+    return view.record.bytes
   }
   // Host lookups are answered from a short-lived cache: within its second, loads may be a second
   // old and a node that just went silent may still be listed; a registration, drain or removal
   // clears it at once. Routers count their own in-flight requests anyway (heartbeats are older).
   const LOOKUP_CACHE_MS = 1_000
-  const lookupCache = new Map<string, { at: number; json: Buffer }>()
+  const lookupCache = new Map<string, { at: number; json: readonly Buffer[] }>()
   const views = new Map<string, NodeView>()
   const byModel = new Map<string, Set<string>>()
   const byDigest = new Map<string, Set<string>>()
@@ -100,13 +125,8 @@ export function createRegistry(options: RegistryServerOptions = {}): Registry {
     lookupCache.clear()
     const nodeId = node.registration.nodeId
     views.set(nodeId, {
-      head: JSON.stringify(node.registration).slice(0, -1),
-      registeredAt: JSON.stringify(new Date(node.registeredAt).toISOString()),
-      lastHeartbeatAt:
-        node.lastHeartbeatAt === undefined
-          ? 'null'
-          : JSON.stringify(new Date(node.lastHeartbeatAt).toISOString()),
-      loadJson: node.load === undefined ? 'null' : JSON.stringify(node.load),
+      head: Buffer.from(`${JSON.stringify(node.registration).slice(0, -1)},"state":"`),
+      tail: tailOf(node, node.load === undefined ? 'null' : JSON.stringify(node.load)),
     })
     for (const model of node.registration.models) {
       for (const [map, key] of [
@@ -243,29 +263,33 @@ export function createRegistry(options: RegistryServerOptions = {}): Registry {
     )
   }
 
-  function cachedNodesJson(query: z.output<typeof listNodesQuerySchema>, now: number): Buffer {
+  function cachedNodesJson(
+    query: z.output<typeof listNodesQuerySchema>,
+    now: number,
+  ): readonly Buffer[] {
     const key = JSON.stringify(query)
     const cached = lookupCache.get(key)
     if (cached !== undefined && now - cached.at < LOOKUP_CACHE_MS && now >= cached.at)
       return cached.json
-    // Encoded once, sent as bytes to every reader within the second.
-    const json = Buffer.from(nodesJson(query, now))
+    // Joined once, sent as the same bytes to every reader within the second.
+    const json = nodesJson(query, now)
     if (lookupCache.size > 10_000) lookupCache.clear()
     lookupCache.set(key, { at: now, json })
     return json
   }
 
-  /** `{"nodes": [...]}` for a query, joined from each node's prepared JSON pieces. */
-  function nodesJson(query: z.output<typeof listNodesQuerySchema>, now: number): string {
-    const parts: string[] = []
+  /** `{"nodes": [...]}` for a query, as the prepared pieces of each node's JSON. */
+  function nodesJson(query: z.output<typeof listNodesQuerySchema>, now: number): Buffer[] {
+    const pieces: Buffer[] = [NODES_OPEN]
     for (const node of candidates(query)) {
       if (!selects(query, node, now)) continue
       const view = views.get(node.registration.nodeId)!
-      parts.push(
-        `${view.head},"state":"${stateOf(node, now)}","registeredAt":${view.registeredAt},"lastHeartbeatAt":${view.lastHeartbeatAt},"load":${view.loadJson}}`,
-      )
+      const bytes = recordBytes(view, stateOf(node, now))
+      // The first record goes without its comma.
+      pieces.push(pieces.length === 1 ? bytes.subarray(1) : bytes)
     }
-    return `{"nodes":[${parts.join(',')}]}`
+    pieces.push(NODES_CLOSE)
+    return pieces
   }
 
   function matching(query: z.output<typeof listNodesQuerySchema>, now: number): NodeRecord[] {
@@ -451,13 +475,17 @@ export function createRegistry(options: RegistryServerOptions = {}): Registry {
     const now = clock()
     node.lastHeartbeatAt = now
     node.load = load
+    const loadJson = JSON.stringify(load)
     const view = views.get(nodeId)!
-    const at = new Date(now).toISOString()
-    view.lastHeartbeatAt = JSON.stringify(at)
-    view.loadJson = JSON.stringify(load)
-    pendingHeartbeats.set(nodeId, { nodeId, at: now, loadJson: view.loadJson })
+    view.tail = tailOf(node, loadJson)
+    view.record = undefined
+    pendingHeartbeats.set(nodeId, { nodeId, at: now, loadJson })
     heartbeats.inc()
-    return Reply.json({ nodeId, state: stateOf(node, now), lastHeartbeatAt: at })
+    return Reply.json({
+      nodeId,
+      state: stateOf(node, now),
+      lastHeartbeatAt: new Date(now).toISOString(),
+    })
   })
 
   router.post('/v1/nodes/:nodeId/drain', (context) => {
