@@ -10,8 +10,12 @@
 import { createReadStream } from 'node:fs'
 import { open } from 'node:fs/promises'
 import { createServer } from 'node:net'
+import { countBuffersInHeapLimit } from '@llmesh/downloader'
 import type { PieceIndexDocument } from '@llmesh/manifest'
 import { Bitfield, createPeerNode, downloadFromPeers, StoreBlobProvider } from '@llmesh/p2p-storage'
+
+// As the llmesh CLI does at startup (every role, the anchors' included).
+countBuffersInHeapLimit()
 
 const setup = JSON.parse(process.argv[2]!) as {
   role: 'seed' | 'leecher'
