@@ -1,9 +1,9 @@
 #!/usr/bin/env node
-import { countBuffersInHeapLimit } from '@llmesh/downloader'
+import { tuneHeapForTransfers } from '@llmesh/downloader'
 import { run } from './program.js'
 
 // Pulls read hundreds of MB/s into short-lived buffers: fewer full garbage collections.
-countBuffersInHeapLimit()
+tuneHeapForTransfers()
 
 const controller = new AbortController()
 process.once('SIGINT', () => controller.abort(new DOMException('Interrupted', 'AbortError')))

@@ -3,10 +3,10 @@
  * included) and reads its peak memory. Arguments: the store folder, the manifest, and a JSON
  * object of downloader options.
  */
-import { countBuffersInHeapLimit, createDownloader, ModelStore } from '@llmesh/downloader'
+import { createDownloader, ModelStore, tuneHeapForTransfers } from '@llmesh/downloader'
 
 // As the llmesh CLI does at startup.
-countBuffersInHeapLimit()
+tuneHeapForTransfers()
 
 const [root, manifest, optionsJson = '{}'] = process.argv.slice(2)
 if (root === undefined || manifest === undefined)

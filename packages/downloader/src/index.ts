@@ -58,7 +58,7 @@ export {
   StoreError,
   type StoreErrorCode,
 } from './errors.js'
-export { countBuffersInHeapLimit } from './garbage-collection.js'
+export { tuneHeapForTransfers } from './garbage-collection.js'
 export { Journal, type JournalHeader } from './journal.js'
 export type { DownloadProgressEvent } from './progress.js'
 export { FileSource } from './sources/file-source.js'

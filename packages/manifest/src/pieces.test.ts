@@ -47,6 +47,16 @@ describe('per-piece integrity', () => {
     expect(index.verifyPiece(1, data.subarray(0, 1024))).toBe(false)
   })
 
+  it('verifies a piece given in the chunks it arrived in, without joining them', () => {
+    const chunks = [data.subarray(2048, 2100), data.subarray(2100, 2100), data.subarray(2100, 3072)]
+    expect(index.verifyPiece(2, chunks)).toBe(true)
+    const flipped = Buffer.from(data.subarray(2100, 3072))
+    flipped[7]! ^= 1
+    expect(index.verifyPiece(2, [chunks[0]!, flipped])).toBe(false)
+    expect(index.verifyPiece(2, chunks.slice(0, 1))).toBe(false)
+    expect(index.verifyPiece(2, [...chunks, new Uint8Array(1)])).toBe(false)
+  })
+
   it('round-trips through JSON and matches the manifest it came from', () => {
     const copy = PieceIndex.fromJSON(JSON.parse(JSON.stringify(index)))
     const artifact = { sha256: index.sha256, size: index.size, pieces: index.integrity }

@@ -49,9 +49,11 @@ export function pieceRange(
   return { start, end: Math.min(size, start + pieceSize) }
 }
 
-/** SHA-256 of one piece. */
-export function hashPiece(bytes: Uint8Array): Uint8Array {
-  return createHash('sha256').update(bytes).digest()
+/** SHA-256 of one piece, whole or in the chunks it arrived in (no need to join them first). */
+export function hashPiece(bytes: Uint8Array | readonly Uint8Array[]): Uint8Array {
+  const hash = createHash('sha256')
+  for (const chunk of bytes instanceof Uint8Array ? [bytes] : bytes) hash.update(chunk)
+  return hash.digest()
 }
 
 /** The `layer` digest of concatenated piece hashes. */
@@ -125,10 +127,14 @@ export class PieceIndex {
     return this.hashes.subarray(index * PIECE_HASH_BYTES, (index + 1) * PIECE_HASH_BYTES)
   }
 
-  /** True when `bytes` are exactly piece `index`. */
-  verifyPiece(index: number, bytes: Uint8Array): boolean {
+  /** True when `bytes` (whole, or in chunks) are exactly piece `index`. */
+  verifyPiece(index: number, bytes: Uint8Array | readonly Uint8Array[]): boolean {
     const { start, end } = this.range(index)
-    if (bytes.byteLength !== end - start) return false
+    const length =
+      bytes instanceof Uint8Array
+        ? bytes.byteLength
+        : bytes.reduce((sum, chunk) => sum + chunk.byteLength, 0)
+    if (length !== end - start) return false
     return Buffer.from(hashPiece(bytes)).equals(this.hashOf(index))
   }
 

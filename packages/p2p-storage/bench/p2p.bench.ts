@@ -7,7 +7,7 @@
  *   3. a lying peer (one byte flipped in every fourth piece) beside an honest one: pieces wasted,
  *      time to ban.
  *
- *   node bench/p2p.bench.ts [--size-mib 1024] [--only transfer,swarm,liar] [--smoke]
+ *   node bench/p2p.bench.ts [--size-mib 1024] [--only transfer,swarm,liar] [--leechers 4,8] [--runs 3] [--smoke]
  *
  * Writes bench/results/p2p.json and the table in README.md after a complete run (not --smoke).
  */
@@ -27,13 +27,15 @@ const { values } = parseArgs({
     'size-mib': { type: 'string', default: '1024' },
     only: { type: 'string' },
     smoke: { type: 'boolean', default: false },
+    leechers: { type: 'string' },
+    runs: { type: 'string', default: '3' },
   },
 })
 const smoke = values.smoke
 const sizeMiB = smoke ? 16 : Number(values['size-mib'])
 const size = sizeMiB * 1024 * 1024
 const sections = new Set(values.only?.split(',') ?? ['transfer', 'swarm', 'liar'])
-const complete = values.only === undefined
+const complete = values.only === undefined && values.leechers === undefined && values.runs === '3'
 const folder = join(tmpdir(), `llmesh-p2p-bench-${process.pid}`)
 const children: ChildProcess[] = []
 const MiB = 1024 * 1024
@@ -99,6 +101,59 @@ function request<T>(
 }
 
 const median = (numbers: number[]) => [...numbers].sort((a, b) => a - b)[numbers.length >> 1]!
+
+const SWARM_UPLOAD_CAP = 32 * MiB
+
+interface SwarmRun {
+  allFinishedSeconds: number
+  finishSeconds: number[]
+  seedUploadedMiB: number
+  /** Endgame duplicates (and pieces that arrived after another copy), over all leechers. */
+  wastedPieces: number
+  largestLeecherPeakRssMiB: number
+  errors: string[]
+}
+
+/** One seed and `leechers` leechers, each in a process of its own, every upload capped. */
+async function swarmRun(leechers: number): Promise<SwarmRun> {
+  const seed = await startPeer({ role: 'seed', file, uploadBytesPerSecond: SWARM_UPLOAD_CAP })
+  const peers: Ready[] = []
+  for (let index = 0; index < leechers; index++)
+    peers.push(
+      await startPeer({
+        role: 'leecher',
+        output: join(folder, `swarm-${index}.bin`),
+        uploadBytesPerSecond: SWARM_UPLOAD_CAP,
+      }),
+    )
+  const everyone = [seed.addresses[0]!, ...peers.map((peer) => peer.addresses[0]!)]
+  const started = performance.now()
+  const finished = await Promise.all(
+    peers.map((peer, index) =>
+      request<{ seconds: number; wastedPieces?: number; peakRssMiB?: number; error?: string }>(
+        peer.child,
+        { start: everyone.filter((_, position) => position !== index + 1) },
+        'done',
+      ),
+    ),
+  )
+  const allFinishedSeconds = (performance.now() - started) / 1000
+  const { uploaded } = await request<{ uploaded: number }>(seed.child, { report: true }, 'uploaded')
+  seed.child.kill()
+  for (const peer of peers) peer.child.kill()
+  for (let index = 0; index < leechers; index++) {
+    await rm(join(folder, `swarm-${index}.bin`), { force: true })
+    await rm(join(folder, `swarm-${index}.bin.journal`), { force: true })
+  }
+  return {
+    allFinishedSeconds,
+    finishSeconds: finished.map((entry) => entry.seconds),
+    seedUploadedMiB: uploaded / MiB,
+    wastedPieces: finished.reduce((sum, entry) => sum + (entry.wastedPieces ?? 0), 0),
+    largestLeecherPeakRssMiB: Math.max(...finished.map((entry) => entry.peakRssMiB ?? 0)),
+    errors: finished.flatMap((entry) => (entry.error === undefined ? [] : [entry.error])),
+  }
+}
 const results: Record<string, unknown> = {
   date: new Date().toISOString().slice(0, 10),
   cpu: cpus()[0]?.model.trim(),
@@ -113,7 +168,7 @@ const rate = (bytes: number, seconds: number) => `${(bytes / MiB / seconds).toFi
 try {
   if (sections.has('transfer')) {
     const seed = await startPeer({ role: 'seed', file })
-    const runs = smoke ? 1 : 3
+    const runs = smoke ? 1 : Number(values.runs)
     const swarmSeconds: number[] = []
     const bareSeconds: number[] = []
     const tcpSeconds: number[] = []
@@ -173,55 +228,25 @@ try {
 
   if (sections.has('swarm')) {
     const swarm: Record<string, unknown> = {}
-    for (const leechers of smoke ? [2] : [4, 8]) {
-      const cap = 32 * MiB
-      const seed = await startPeer({ role: 'seed', file, uploadBytesPerSecond: cap })
-      const peers: Ready[] = []
-      for (let index = 0; index < leechers; index++)
-        peers.push(
-          await startPeer({
-            role: 'leecher',
-            output: join(folder, `swarm-${leechers}-${index}.bin`),
-            uploadBytesPerSecond: cap,
-          }),
-        )
-      const everyone = [seed.addresses[0]!, ...peers.map((peer) => peer.addresses[0]!)]
-      const started = performance.now()
-      const finished = await Promise.all(
-        peers.map((peer, index) =>
-          request<{ seconds: number; error?: string }>(
-            peer.child,
-            { start: everyone.filter((_, position) => position !== index + 1) },
-            'done',
-          ),
-        ),
-      )
-      const wall = (performance.now() - started) / 1000
-      const { uploaded } = await request<{ uploaded: number }>(
-        seed.child,
-        { report: true },
-        'uploaded',
-      )
-      const errors = finished
-        .filter((entry) => entry.error !== undefined)
-        .map((entry) => entry.error)
+    for (const leechers of smoke ? [2] : (values.leechers?.split(',').map(Number) ?? [4, 8])) {
+      const runs: SwarmRun[] = []
+      for (let run = 0; run < (smoke ? 1 : Number(values.runs)); run++)
+        runs.push(await swarmRun(leechers))
+      const wall = median(runs.map((run) => run.allFinishedSeconds))
+      const uploaded = median(runs.map((run) => run.seedUploadedMiB))
+      const failed = runs.reduce((sum, run) => sum + run.errors.length, 0)
+      const peakRss = Math.max(...runs.map((run) => run.largestLeecherPeakRssMiB))
       swarm[leechers] = {
         allFinishedSeconds: wall,
-        finishSeconds: finished.map((entry) => entry.seconds),
-        seedUploadedMiB: uploaded / MiB,
-        singleSourceBaselineSeconds: (leechers * size) / cap,
-        errors,
+        seedUploadedMiB: uploaded,
+        largestLeecherPeakRssMiB: peakRss,
+        singleSourceBaselineSeconds: (leechers * size) / SWARM_UPLOAD_CAP,
+        runs,
       }
       console.log(`2. swarm of ${leechers}`, swarm[leechers])
       rows.push(
-        `| swarm: 1 seed + ${leechers} leechers, ${sizeMiB} MiB, uploads capped at 32 MiB/s | all done in ${wall.toFixed(1)} s; the seed uploaded ${(uploaded / MiB).toFixed(0)} MiB${errors.length > 0 ? `; ${errors.length} failed` : ''} | one source: ${((leechers * size) / cap).toFixed(0)} s, ${leechers * sizeMiB} MiB | ${((leechers * size) / cap / wall).toFixed(1)}× faster | ${leechers === 8 ? `≤ ${((48 * sizeMiB) / 1024).toFixed(0)} s, seed ≤ ${(1.5 * sizeMiB).toFixed(0)} MiB` : 'reported'} |`,
+        `| swarm: 1 seed + ${leechers} leechers, ${sizeMiB} MiB, uploads capped at 32 MiB/s | all done in ${wall.toFixed(1)} s (runs: ${runs.map((run) => run.allFinishedSeconds.toFixed(1)).join(', ')}); the seed uploaded ${uploaded.toFixed(0)} MiB; leecher peak RSS ≤ ${peakRss.toFixed(0)} MiB${failed > 0 ? `; ${failed} failed` : ''} | one source: ${((leechers * size) / SWARM_UPLOAD_CAP).toFixed(0)} s, ${leechers * sizeMiB} MiB | ${((leechers * size) / SWARM_UPLOAD_CAP / wall).toFixed(1)}× faster | ${leechers === 8 ? `≤ ${((48 * sizeMiB) / 1024).toFixed(0)} s, seed ≤ ${(1.5 * sizeMiB).toFixed(0)} MiB` : 'reported'} |`,
       )
-      seed.child.kill()
-      for (const peer of peers) peer.child.kill()
-      for (let index = 0; index < leechers; index++) {
-        await rm(join(folder, `swarm-${leechers}-${index}.bin`), { force: true })
-        await rm(join(folder, `swarm-${leechers}-${index}.bin.journal`), { force: true })
-      }
     }
     results.swarm = swarm
   }

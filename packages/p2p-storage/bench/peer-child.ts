@@ -10,12 +10,12 @@
 import { createReadStream } from 'node:fs'
 import { open } from 'node:fs/promises'
 import { createServer } from 'node:net'
-import { countBuffersInHeapLimit } from '@llmesh/downloader'
+import { tuneHeapForTransfers } from '@llmesh/downloader'
 import type { PieceIndexDocument } from '@llmesh/manifest'
 import { Bitfield, createPeerNode, downloadFromPeers, StoreBlobProvider } from '@llmesh/p2p-storage'
 
 // As the llmesh CLI does at startup (every role, the anchors' included).
-countBuffersInHeapLimit()
+tuneHeapForTransfers()
 
 const setup = JSON.parse(process.argv[2]!) as {
   role: 'seed' | 'leecher'
@@ -99,6 +99,7 @@ process.on('message', async (message: { start?: string[]; report?: boolean }) =>
         seconds: (performance.now() - started) / 1000,
         piecesByPeer: result.piecesByPeer,
         wastedPieces: result.wastedPieces,
+        peakRssMiB: process.resourceUsage().maxRSS / 1024,
         banned: result.banned,
       })
     } catch (error) {

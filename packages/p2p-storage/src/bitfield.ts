@@ -2,6 +2,7 @@
 export class Bitfield {
   readonly bytes: Uint8Array
   private held = 0
+  private readonly listeners = new Set<(index: number) => void>()
 
   constructor(
     readonly size: number,
@@ -34,6 +35,13 @@ export class Bitfield {
     if (index < 0 || index >= this.size || this.has(index)) return
     this.bytes[index >> 3]! |= 0x80 >> (index & 7)
     this.held++
+    for (const listener of this.listeners) listener(index)
+  }
+
+  /** Calls `listener` with each piece set from now on; returns the function that stops it. */
+  watch(listener: (index: number) => void): () => void {
+    this.listeners.add(listener)
+    return () => this.listeners.delete(listener)
   }
 
   /** Pieces held. */

@@ -22,7 +22,7 @@ import { generateKey, preSharedKey } from '@libp2p/pnet'
 import { tcp } from '@libp2p/tcp'
 import { tls } from '@libp2p/tls'
 import { lpStream } from '@libp2p/utils'
-import { createLogger, type Logger } from '@llmesh/core'
+import { createLogger, type Logger, sleep } from '@llmesh/core'
 import { type ModelStore, TokenBucket } from '@llmesh/downloader'
 import { isMultiaddr, type Multiaddr, multiaddr } from '@multiformats/multiaddr'
 import { createLibp2p, type Libp2p } from 'libp2p'
@@ -35,8 +35,10 @@ import {
   encodeJson,
   errorAnswer,
   HAVE_PROTOCOL,
+  HAVE_UPDATE_DELAY_MS,
   haveAnswerSchema,
   haveRequestSchema,
+  haveUpdateSchema,
   MAX_MESSAGE_BYTES,
   PIECE_PROTOCOL,
   pieceAnswerSchema,
@@ -251,13 +253,66 @@ export class PeerNode {
     }
   }
 
-  /** Piece `index` of `digest` from a peer, unverified: the caller checks it against its piece index. */
+  /**
+   * The pieces of `digest` a peer holds, kept current: yields the peer's list when it answers, then
+   * again (the same `have`, updated) each time the peer pushes the pieces it verified since. Ends
+   * when the peer holds every piece or ends the stream; `signal` stops it.
+   */
+  async *watchHave(
+    peer: PeerAddress,
+    digest: string,
+    options: { signal?: AbortSignal } = {},
+  ): AsyncGenerator<PeerHave> {
+    const { answer, stream, messages } = await this.ask(
+      peer,
+      HAVE_PROTOCOL,
+      haveAnswerSchema,
+      { digest, watch: true },
+      options,
+    )
+    try {
+      const pieces = Math.ceil(answer.size / answer.pieceSize)
+      const current = {
+        size: answer.size,
+        pieceSize: answer.pieceSize,
+        have: Bitfield.fromBase64(pieces, answer.bitfield),
+      }
+      yield current
+      while (!current.have.complete) {
+        let message: Awaited<ReturnType<typeof messages.read>>
+        try {
+          message = await messages.read(options)
+        } catch (error) {
+          if (options.signal?.aborted) throw error
+          return // the peer ended the stream
+        }
+        const update = haveUpdateSchema.safeParse(parseJson(message.subarray()))
+        if (!update.success || update.data.pieces.some((index) => index >= pieces))
+          throw new PeerError({
+            code: 'LLMESH_PEER_PROTOCOL',
+            message: `a piece update is { pieces: [index, ...] } with indexes below ${pieces}`,
+            peer: peerIdOf(peer),
+            digest,
+          })
+        for (const index of update.data.pieces) current.have.set(index)
+        yield current
+      }
+    } finally {
+      stream.abort(new Error('no longer watched'))
+    }
+  }
+
+  /**
+   * Piece `index` of `digest` from a peer, unverified: the caller checks it against its piece
+   * index. The bytes come in the chunks they arrived in, not joined into one buffer: a piece is
+   * hashed and written from them as they are, which spares a copy and a large allocation per piece.
+   */
   async piece(
     peer: PeerAddress,
     digest: string,
     index: number,
     options: { signal?: AbortSignal } = {},
-  ): Promise<Uint8Array> {
+  ): Promise<Uint8Array[]> {
     const { answer, stream, messages } = await this.ask(
       peer,
       PIECE_PROTOCOL,
@@ -266,7 +321,7 @@ export class PeerNode {
       options,
     )
     try {
-      const bytes = (await messages.read(options)).subarray()
+      const bytes = await messages.read(options)
       if (bytes.byteLength !== answer.length)
         throw new PeerError({
           code: 'LLMESH_PEER_PROTOCOL',
@@ -274,7 +329,7 @@ export class PeerNode {
           peer: peerIdOf(peer),
           digest,
         })
-      return bytes
+      return [...bytes]
     } catch (error) {
       stream.abort(error instanceof Error ? error : new Error(String(error)))
       throw error
@@ -288,7 +343,7 @@ export class PeerNode {
     peer: PeerAddress,
     protocol: string,
     schema: Schema,
-    request: { digest: string; index?: number },
+    request: { digest: string; index?: number; watch?: boolean },
     options: { signal?: AbortSignal },
   ) {
     const stream = await this.libp2p.dialProtocol(dialable(peer), protocol, options)
@@ -318,29 +373,66 @@ export class PeerNode {
     const messages = lpStream(stream, { maxDataLength: 4096 })
     try {
       const request = haveRequestSchema.safeParse(parseJson((await messages.read()).subarray()))
-      if (!request.success) {
+      const blob = request.success ? await this.provider.lookup(request.data.digest) : undefined
+      if (!request.success)
         await messages.write(
-          encodeJson(errorAnswer('LLMESH_PEER_PROTOCOL', 'a have request is { digest }')),
+          encodeJson(errorAnswer('LLMESH_PEER_PROTOCOL', 'a have request is { digest, watch? }')),
         )
-        return
+      else if (blob === undefined)
+        await messages.write(
+          encodeJson(
+            errorAnswer(
+              'LLMESH_PEER_UNKNOWN_DIGEST',
+              `this peer has no blob ${request.data.digest}`,
+            ),
+          ),
+        )
+      else {
+        // Watched before the list is sent, so that no piece verified in between is missed.
+        const pending: number[] = []
+        let wake = () => {}
+        const unwatch = request.data.watch
+          ? blob.have.watch((index) => {
+              pending.push(index)
+              wake()
+            })
+          : () => {}
+        try {
+          await messages.write(
+            encodeJson({
+              status: 'ok',
+              size: blob.size,
+              pieceSize: blob.pieceSize,
+              bitfield: blob.have.toBase64(),
+            }),
+          )
+          if (request.data.watch) {
+            // The asker sends nothing more: a read that ends means it stopped watching.
+            let stopped = false
+            messages
+              .read()
+              .catch(() => {})
+              .finally(() => {
+                stopped = true
+                wake()
+              })
+            while (!stopped && !(pending.length === 0 && blob.have.complete)) {
+              if (pending.length === 0)
+                await new Promise<void>((resolve) => {
+                  wake = resolve
+                })
+              else {
+                // Pieces verified within a short while travel in one message.
+                await sleep(HAVE_UPDATE_DELAY_MS)
+                if (!stopped) await messages.write(encodeJson({ pieces: pending.splice(0) }))
+              }
+            }
+          }
+        } finally {
+          unwatch()
+        }
       }
-      const blob = await this.provider.lookup(request.data.digest)
-      await messages.write(
-        encodeJson(
-          blob === undefined
-            ? errorAnswer(
-                'LLMESH_PEER_UNKNOWN_DIGEST',
-                `this peer has no blob ${request.data.digest}`,
-              )
-            : {
-                status: 'ok',
-                size: blob.size,
-                pieceSize: blob.pieceSize,
-                bitfield: blob.have.toBase64(),
-              },
-        ),
-      )
-      await stream.close()
+      if (stream.status === 'open') await stream.close()
     } catch (error) {
       stream.abort(error instanceof Error ? error : new Error(String(error)))
     }

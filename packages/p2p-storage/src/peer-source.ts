@@ -61,7 +61,7 @@ export class PeerByteSource implements ByteSource {
           message: `No peer holds byte ${position} of ${digest} yet.`,
         })
       const index = Math.floor(position / holder.pieceSize)
-      let piece: Uint8Array
+      let piece: Uint8Array[]
       try {
         piece = await this.node.piece(
           holder.address,
@@ -84,17 +84,25 @@ export class PeerByteSource implements ByteSource {
           cause: error,
         })
       }
-      const offset = position - index * holder.pieceSize
-      const slice = piece.subarray(offset, Math.min(piece.byteLength, offset + (end - position)))
-      if (slice.byteLength === 0)
+      // The part of the piece asked for, chunk by chunk as it arrived.
+      const wanted = position
+      let chunkStart = index * holder.pieceSize
+      for (const chunk of piece) {
+        const from = Math.max(position, chunkStart)
+        const to = Math.min(end, chunkStart + chunk.byteLength)
+        if (from < to) {
+          yield chunk.subarray(from - chunkStart, to - chunkStart)
+          position = to
+        }
+        chunkStart += chunk.byteLength
+      }
+      if (position === wanted)
         throw new ByteSourceError({
           failure: 'misbehaved',
           source: this.id,
           digest,
           message: `Peer ${peerIdOf(holder.address)} sent a short piece ${index}.`,
         })
-      position += slice.byteLength
-      yield slice
     }
   }
 

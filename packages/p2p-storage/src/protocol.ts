@@ -1,8 +1,10 @@
 /**
- * The blob exchange, two libp2p protocols of one request and one answer each:
+ * The blob exchange, two libp2p protocols:
  *
- * - `/llmesh/blob/have/1.0.0`: `{ digest }` → `{ status: "ok", size, pieceSize, bitfield }` (the
- *   verified pieces the peer holds, base64) or an error;
+ * - `/llmesh/blob/have/1.0.0`: `{ digest, watch? }` → `{ status: "ok", size, pieceSize, bitfield }`
+ *   (the verified pieces the peer holds, base64) or an error. With `watch: true` the stream stays
+ *   open and the peer pushes `{ pieces: [index, ...] }` as it verifies more (those of 50 ms in
+ *   one message), until it holds them all (then it closes the stream) or the asker closes it;
  * - `/llmesh/blob/piece/1.0.0`: `{ digest, index }` → `{ status: "ok", length }` followed by the
  *   piece's bytes as one length-prefixed message, or an error.
  *
@@ -17,12 +19,23 @@ import type { PeerErrorCode } from './errors.js'
 export const HAVE_PROTOCOL = '/llmesh/blob/have/1.0.0'
 export const PIECE_PROTOCOL = '/llmesh/blob/piece/1.0.0'
 
+/** A watched peer sends the pieces it verifies within this long in one update. */
+export const HAVE_UPDATE_DELAY_MS = 50
+
 /** The largest message: a piece, plus room for framing. */
 export const MAX_MESSAGE_BYTES = MAX_PIECE_SIZE + 1024
 
 const digestSchema = z.string().regex(/^[0-9a-f]{64}$/, { message: 'must be 64 lowercase hex' })
 
-export const haveRequestSchema = z.strictObject({ digest: digestSchema })
+export const haveRequestSchema = z.strictObject({
+  digest: digestSchema,
+  watch: z.boolean().optional(),
+})
+
+/** Pieces a watched peer verified since its last message. */
+export const haveUpdateSchema = z.strictObject({
+  pieces: z.array(z.number().int().nonnegative()).min(1),
+})
 export const pieceRequestSchema = z.strictObject({
   digest: digestSchema,
   index: z.number().int().nonnegative(),

@@ -5,6 +5,7 @@
  *   is written; a peer that sends a bad piece is banned on the spot, and so is a peer that
  *   advertised a piece it then says it does not have (a false piece list). The piece goes back
  *   to the others.
+ * - Each peer's piece list is watched: the peer pushes the pieces it verifies as it goes.
  * - Pieces are chosen at random for the first few (so that new peers soon have something to
  *   trade), then rarest first among the peers not banned.
  * - Each peer has a window of requests in flight that grows while it delivers, so faster peers
@@ -21,6 +22,7 @@ import {
   emitProgress,
   type ProgressEvent,
   type ProgressOptions,
+  sleep,
   throwIfAborted,
 } from '@llmesh/core'
 import { Journal } from '@llmesh/downloader'
@@ -55,7 +57,7 @@ export interface SwarmDownloadOptions extends ProgressOptions<SwarmProgressEvent
   pieceTimeoutMs?: number
   /** Give up when no piece arrives for this long and no peer has what is missing; default 60 s. */
   stallTimeoutMs?: number
-  /** How often peers are asked again which pieces they hold; default 1 s. */
+  /** How long before a peer's piece list is watched again after its watch ended early; default 1 s. */
   haveRefreshMs?: number
   /** Random pieces before rarest first; default 4. */
   randomFirstPieces?: number
@@ -257,7 +259,7 @@ export async function downloadFromPeers(
         // Claimed before the first await, so that an endgame duplicate is counted as waste, once.
         writing.add(index)
         const { start } = pieceIndex.range(index)
-        await file.write(bytes, 0, bytes.byteLength, start)
+        await file.writev(bytes, start)
         await journal.append(index)
         have.set(index)
         lastProgressAt = performance.now()
@@ -315,40 +317,52 @@ export async function downloadFromPeers(
       })
   }
 
-  const refreshHave = async () => {
-    await Promise.all(
-      peers
-        .filter((peer) => !peer.banned && !(peer.have?.complete ?? false))
-        .map(async (peer) => {
-          try {
-            const answer = await node.have(peer.address, digest, {
-              signal: anySignal(signal, AbortSignal.timeout(10_000)),
-            })
-            if (answer.size !== pieceIndex.size || answer.pieceSize !== pieceIndex.pieceSize) {
-              ban(
-                peer,
-                `announced ${answer.size} bytes in pieces of ${answer.pieceSize}, not the manifest's`,
-                -1,
-              )
-              return
-            }
-            peer.have = answer.have
-          } catch (error) {
-            if (PeerError.isInstance(error) && error.code === 'LLMESH_PEER_UNKNOWN_DIGEST')
-              peer.have = new Bitfield(pieces)
-            else peer.unavailableUntil = performance.now() + 1_000
+  // Each peer's piece list is watched: the peer pushes the pieces it verifies, so that the rarest
+  // first choice and the endgame see them at once. A watch that ends early (the peer does not
+  // serve the blob yet, or went away) is opened again after `haveRefreshMs`.
+  const watch = async (peer: PeerState) => {
+    while (!signal.aborted && !peer.banned && !(peer.have?.complete ?? false)) {
+      try {
+        for await (const answer of node.watchHave(peer.address, digest, { signal })) {
+          if (answer.size !== pieceIndex.size || answer.pieceSize !== pieceIndex.pieceSize) {
+            ban(
+              peer,
+              `announced ${answer.size} bytes in pieces of ${answer.pieceSize}, not the manifest's`,
+              -1,
+            )
+            return
           }
-        }),
-    )
-    pump()
+          peer.have = answer.have
+          pumpSoon()
+        }
+      } catch (error) {
+        if (signal.aborted) return
+        if (PeerError.isInstance(error) && error.code === 'LLMESH_PEER_UNKNOWN_DIGEST')
+          peer.have ??= new Bitfield(pieces)
+        else if (PeerError.isInstance(error) && error.code === 'LLMESH_PEER_PROTOCOL') {
+          ban(peer, error.message, -1)
+          return
+        } else peer.unavailableUntil = performance.now() + 1_000
+      }
+      await sleep(options.haveRefreshMs ?? 1_000, { signal }).catch(() => {})
+    }
+  }
+  let pumpScheduled = false
+  const pumpSoon = () => {
+    if (pumpScheduled) return
+    pumpScheduled = true
+    setImmediate(() => {
+      pumpScheduled = false
+      pump()
+    })
   }
 
-  const ticker = setInterval(() => void refreshHave(), options.haveRefreshMs ?? 1_000)
+  // Also once a second: snubbed peers come back, and a stall is noticed.
+  const ticker = setInterval(pump, 1_000)
   const onAbort = () => settle.reject(options.signal?.reason ?? new Error('aborted'))
   options.signal?.addEventListener('abort', onAbort, { once: true })
   try {
-    await refreshHave()
-    pump()
+    for (const peer of peers) void watch(peer)
     await finished
     done.abort()
     await file.sync()

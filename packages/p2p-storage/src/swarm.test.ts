@@ -14,6 +14,7 @@ import {
   type PeerNode,
   type PeerNodeOptions,
 } from './peer-node.js'
+import { PeerByteSource } from './peer-source.js'
 import { downloadFromPeers, type SwarmProgressEvent } from './swarm-download.js'
 
 const distEntry = new URL('../dist/index.js', import.meta.url)
@@ -132,6 +133,31 @@ describe('swarm download over real libp2p nodes', () => {
     expect(middle.uploaded.get(late.peerId.toString())).toBe(SIZE)
   })
 
+  it('pushes the pieces a peer verifies to those watching its piece list', async () => {
+    const have = new Bitfield(pieces)
+    for (let index = 0; index < pieces; index += 2) have.set(index)
+    const server = await seed({}, { have })
+    const client = await node()
+    const seen: number[] = []
+    let verifying: Promise<void> | undefined
+    for await (const answer of client.watchHave(server.addresses, pieceIndex.sha256)) {
+      seen.push(answer.have.count)
+      // Once the first list is here, the server verifies the odd pieces, one per turn.
+      verifying ??= (async () => {
+        for (let index = 1; index < pieces; index += 2) {
+          await new Promise((resolve) => setImmediate(resolve))
+          have.set(index)
+        }
+      })()
+    }
+    await verifying
+    expect(seen[0]).toBe(Math.ceil(pieces / 2))
+    expect(seen.at(-1)).toBe(pieces)
+    expect(seen.length).toBeGreaterThan(1)
+    // The watch ended because the peer holds everything, and the server stopped pushing.
+    expect((await client.have(server.addresses, pieceIndex.sha256)).have.complete).toBe(true)
+  })
+
   it('bans a peer on its first bad piece and completes the file from the others', async () => {
     const liar = await node()
     const corruptPath = at('corrupt')
@@ -221,6 +247,18 @@ describe('swarm download over real libp2p nodes', () => {
     expect(
       pieceIndex.verifyPiece(5, await client.piece(server.addresses, pieceIndex.sha256, 5)),
     ).toBe(true)
+  })
+
+  it('reads any byte range as a byte source, across pieces and the chunks they arrive in', async () => {
+    const server = await seed()
+    const client = await node()
+    const source = new PeerByteSource(client, [server.addresses])
+    const start = PIECE_SIZE - 1000
+    const end = 3 * PIECE_SIZE + 4321
+    const chunks: Uint8Array[] = []
+    for await (const chunk of source.read({ digest: pieceIndex.sha256, start, end }))
+      chunks.push(chunk)
+    expect(Buffer.concat(chunks).equals(blob.subarray(start, end))).toBe(true)
   })
 
   it('keeps peers with different private network keys apart', async () => {
