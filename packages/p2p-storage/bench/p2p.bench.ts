@@ -1,7 +1,8 @@
 /**
  * Peer-to-peer figures, every peer in a process of its own:
  *   1. one seed to one leecher: verified, written to disk, against the bare libp2p stream rate
- *      (same TLS encryption, the same file's bytes, nothing else) and raw TCP, same run;
+ *      (same encryption, the same file's bytes, nothing else) and raw TCP, same run; with TLS,
+ *      then with Noise;
  *   2. swarm: one seed and N leechers (8, and 4), every node's upload capped at 32 MiB/s: when
  *      each finishes, and how much the seed uploaded;
  *   3. a lying peer (one byte flipped in every fourth piece) beside an honest one: pieces wasted,
@@ -167,63 +168,72 @@ const rate = (bytes: number, seconds: number) => `${(bytes / MiB / seconds).toFi
 
 try {
   if (sections.has('transfer')) {
-    const seed = await startPeer({ role: 'seed', file })
-    const runs = smoke ? 1 : Number(values.runs)
-    const swarmSeconds: number[] = []
-    const bareSeconds: number[] = []
-    const tcpSeconds: number[] = []
-    const client = await createPeerNode()
-    for (let run = 0; run < runs; run++) {
-      const leecher = await startPeer({ role: 'leecher', output: join(folder, `leech-${run}.bin`) })
-      const done = await request<{ seconds: number; error?: string }>(
-        leecher.child,
-        { start: [seed.addresses[0]] },
-        'done',
-      )
-      if (done.error !== undefined) throw new Error(done.error)
-      swarmSeconds.push(done.seconds)
-      leecher.child.kill()
-      await rm(join(folder, `leech-${run}.bin`), { force: true })
-      await rm(join(folder, `leech-${run}.bin.journal`), { force: true })
-
-      let started = performance.now()
-      const stream = await client.libp2p.dialProtocol(
-        multiaddr(seed.addresses[0]!),
-        '/bench/raw/1.0.0',
-      )
-      let received = 0
-      for await (const chunk of stream) received += chunk.byteLength
-      if (received !== size) throw new Error(`bare stream carried ${received} bytes`)
-      bareSeconds.push((performance.now() - started) / 1000)
-
-      started = performance.now()
-      await new Promise<void>((resolve, reject) => {
-        let bytes = 0
-        const socket = connect(seed.tcpPort!, '127.0.0.1')
-        socket.on('data', (chunk) => {
-          bytes += chunk.byteLength
+    const transfers: Record<string, unknown> = {}
+    // TLS first (the node's preference), then Noise; each against a bare stream of its own kind.
+    for (const encryption of ['tls', 'noise'] as const) {
+      const seed = await startPeer({ role: 'seed', file, encryption })
+      const runs = smoke ? 1 : Number(values.runs)
+      const swarmSeconds: number[] = []
+      const bareSeconds: number[] = []
+      const tcpSeconds: number[] = []
+      const client = await createPeerNode({ encryption: [encryption] })
+      for (let run = 0; run < runs; run++) {
+        const leecher = await startPeer({
+          role: 'leecher',
+          output: join(folder, `leech-${run}.bin`),
+          encryption,
         })
-        socket.on('end', () =>
-          bytes === size ? resolve() : reject(new Error(`tcp carried ${bytes}`)),
+        const done = await request<{ seconds: number; error?: string }>(
+          leecher.child,
+          { start: [seed.addresses[0]] },
+          'done',
         )
-        socket.on('error', reject)
-      })
-      tcpSeconds.push((performance.now() - started) / 1000)
+        if (done.error !== undefined) throw new Error(done.error)
+        swarmSeconds.push(done.seconds)
+        leecher.child.kill()
+        await rm(join(folder, `leech-${run}.bin`), { force: true })
+        await rm(join(folder, `leech-${run}.bin.journal`), { force: true })
+
+        let started = performance.now()
+        const stream = await client.libp2p.dialProtocol(
+          multiaddr(seed.addresses[0]!),
+          '/bench/raw/1.0.0',
+        )
+        let received = 0
+        for await (const chunk of stream) received += chunk.byteLength
+        if (received !== size) throw new Error(`bare stream carried ${received} bytes`)
+        bareSeconds.push((performance.now() - started) / 1000)
+
+        started = performance.now()
+        await new Promise<void>((resolve, reject) => {
+          let bytes = 0
+          const socket = connect(seed.tcpPort!, '127.0.0.1')
+          socket.on('data', (chunk) => {
+            bytes += chunk.byteLength
+          })
+          socket.on('end', () =>
+            bytes === size ? resolve() : reject(new Error(`tcp carried ${bytes}`)),
+          )
+          socket.on('error', reject)
+        })
+        tcpSeconds.push((performance.now() - started) / 1000)
+      }
+      await client.stop()
+      seed.child.kill()
+      const transfer = {
+        swarmSeconds: median(swarmSeconds),
+        bareLibp2pSeconds: median(bareSeconds),
+        rawTcpSeconds: median(tcpSeconds),
+        ratioToBareLibp2p: median(bareSeconds) / median(swarmSeconds),
+        runs: { swarmSeconds, bareSeconds, tcpSeconds },
+      }
+      transfers[encryption] = transfer
+      console.log(`1. transfer (${encryption})`, transfer)
+      rows.push(
+        `| one seed to one leecher, ${sizeMiB} MiB, verified and written (${encryption === 'tls' ? 'TLS' : 'Noise'}) | ${rate(size, transfer.swarmSeconds)} (${transfer.swarmSeconds.toFixed(2)} s) | bare libp2p stream ${rate(size, transfer.bareLibp2pSeconds)}; raw TCP ${rate(size, transfer.rawTcpSeconds)} | ${transfer.ratioToBareLibp2p.toFixed(2)} of bare libp2p | ≥ 0.85 |`,
+      )
     }
-    await client.stop()
-    seed.child.kill()
-    const transfer = {
-      swarmSeconds: median(swarmSeconds),
-      bareLibp2pSeconds: median(bareSeconds),
-      rawTcpSeconds: median(tcpSeconds),
-      ratioToBareLibp2p: median(bareSeconds) / median(swarmSeconds),
-      runs: { swarmSeconds, bareSeconds, tcpSeconds },
-    }
-    results.transfer = transfer
-    console.log('1. transfer', transfer)
-    rows.push(
-      `| one seed to one leecher, ${sizeMiB} MiB, verified and written (TLS) | ${rate(size, transfer.swarmSeconds)} (${transfer.swarmSeconds.toFixed(2)} s) | bare libp2p stream ${rate(size, transfer.bareLibp2pSeconds)}; raw TCP ${rate(size, transfer.rawTcpSeconds)} | ${transfer.ratioToBareLibp2p.toFixed(2)} of bare libp2p | ≥ 0.85 |`,
-    )
+    results.transfer = transfers
   }
 
   if (sections.has('swarm')) {

@@ -25,11 +25,13 @@ const setup = JSON.parse(process.argv[2]!) as {
   pieceSize: number
   pieceIndex: PieceIndexDocument
   uploadBytesPerSecond?: number
+  encryption?: 'tls' | 'noise'
   lie?: 'flip'
 }
 const provider = new StoreBlobProvider()
 const node = await createPeerNode({
   provider,
+  ...(setup.encryption === undefined ? {} : { encryption: [setup.encryption] }),
   ...(setup.uploadBytesPerSecond === undefined
     ? {}
     : { limits: { uploadBytesPerSecond: setup.uploadBytesPerSecond, concurrentUploads: 64 } }),

@@ -74,6 +74,11 @@ export interface PeerNodeOptions {
     /** Bytes per second sent, over all peers and per peer; unlimited by default. */
     uploadBytesPerSecond?: number
     uploadBytesPerSecondPerPeer?: number
+    /** Bytes per second of pieces received, over all peers and per peer; unlimited by default. */
+    downloadBytesPerSecond?: number
+    downloadBytesPerSecondPerPeer?: number
+    /** Connections open at once (libp2p's `maxConnections`); libp2p's default otherwise. */
+    maxPeers?: number
   }
   logger?: Logger
 }
@@ -91,8 +96,8 @@ export class PeerNode {
   /** Bytes sent to each peer (by peer id). */
   readonly uploaded = new Map<string, number>()
   private uploadsRunning = 0
-  private readonly uploadBucket: TokenBucket | undefined
-  private readonly peerBuckets = new Map<string, TokenBucket>()
+  private readonly uploads: Bandwidth
+  private readonly downloads: Bandwidth
 
   private constructor(
     readonly libp2p: Libp2p,
@@ -100,9 +105,16 @@ export class PeerNode {
     private readonly options: PeerNodeOptions,
     private readonly log: Logger,
   ) {
-    const rate = options.limits?.uploadBytesPerSecond
-    this.uploadBucket =
-      rate === undefined ? undefined : new TokenBucket(rate, { burstBytes: 1024 * 1024 })
+    const limits = options.limits ?? {}
+    this.uploads = new Bandwidth(limits.uploadBytesPerSecond, limits.uploadBytesPerSecondPerPeer)
+    this.downloads = new Bandwidth(
+      limits.downloadBytesPerSecond,
+      limits.downloadBytesPerSecondPerPeer,
+    )
+    libp2p.addEventListener('peer:disconnect', (event) => {
+      this.uploads.forget(event.detail.toString())
+      this.downloads.forget(event.detail.toString())
+    })
   }
 
   /** @internal use `createPeerNode`. */
@@ -120,6 +132,9 @@ export class PeerNode {
       addresses: { listen: options.listen ?? ['/ip4/127.0.0.1/tcp/0'] },
       transports: [tcp()],
       connectionEncrypters: encrypters,
+      ...(options.limits?.maxPeers === undefined
+        ? {}
+        : { connectionManager: { maxConnections: options.limits.maxPeers } }),
       // A piece (1 MiB or more) fits one stream window, so a request needs no window-update round trips.
       streamMuxers: [
         yamux({
@@ -321,6 +336,8 @@ export class PeerNode {
       options,
     )
     try {
+      // Past the download rate, the piece waits in the stream's window, which stalls the sender.
+      await this.downloads.take(peerIdOf(peer), answer.length, options)
       const bytes = await messages.read(options)
       if (bytes.byteLength !== answer.length)
         throw new PeerError({
@@ -467,8 +484,7 @@ export class PeerNode {
       try {
         const start = index * blob.pieceSize
         const end = Math.min(blob.size, start + blob.pieceSize)
-        await this.uploadBucket?.take(end - start)
-        await this.peerBucket(peer)?.take(end - start)
+        await this.uploads.take(peer, end - start)
         const bytes = await blob.read(start, end)
         await messages.write(encodeJson({ status: 'ok', length: bytes.byteLength }))
         await messages.write(bytes)
@@ -482,16 +498,37 @@ export class PeerNode {
       stream.abort(error instanceof Error ? error : new Error(String(error)))
     }
   }
+}
 
-  private peerBucket(peer: string): TokenBucket | undefined {
-    const rate = this.options.limits?.uploadBytesPerSecondPerPeer
-    if (rate === undefined) return undefined
-    let bucket = this.peerBuckets.get(peer)
+/** Token buckets for one direction: one over all peers, and one per peer. */
+class Bandwidth {
+  private readonly all: TokenBucket | undefined
+  private readonly byPeer = new Map<string, TokenBucket>()
+
+  constructor(
+    bytesPerSecond: number | undefined,
+    private readonly bytesPerSecondPerPeer: number | undefined,
+  ) {
+    this.all =
+      bytesPerSecond === undefined
+        ? undefined
+        : new TokenBucket(bytesPerSecond, { burstBytes: 1024 * 1024 })
+  }
+
+  /** Resolves once `bytes` for `peer` fit both rates. */
+  async take(peer: string, bytes: number, options: { signal?: AbortSignal } = {}): Promise<void> {
+    await this.all?.take(bytes, options)
+    if (this.bytesPerSecondPerPeer === undefined) return
+    let bucket = this.byPeer.get(peer)
     if (bucket === undefined) {
-      bucket = new TokenBucket(rate, { burstBytes: 1024 * 1024 })
-      this.peerBuckets.set(peer, bucket)
+      bucket = new TokenBucket(this.bytesPerSecondPerPeer, { burstBytes: 1024 * 1024 })
+      this.byPeer.set(peer, bucket)
     }
-    return bucket
+    await bucket.take(bytes, options)
+  }
+
+  forget(peer: string): void {
+    this.byPeer.delete(peer)
   }
 }
 

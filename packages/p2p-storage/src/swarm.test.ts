@@ -100,6 +100,32 @@ describe('swarm download over real libp2p nodes', () => {
     expect(result.banned).toEqual([])
   })
 
+  it('keeps downloads under the rate limits, over all peers and per peer', async () => {
+    const seeds = [await seed(), await seed(), await seed()]
+    const rate = 4 * 1024 * 1024
+    const burst = 1024 * 1024
+    // Over all peers: three seeds together stay under one rate.
+    const limited = await node({ limits: { downloadBytesPerSecond: rate } })
+    let started = performance.now()
+    await downloadFromPeers({
+      node: limited,
+      peers: seeds.map((peer) => peer.addresses),
+      pieceIndex,
+      path: at('limited'),
+    })
+    expect(performance.now() - started).toBeGreaterThanOrEqual(((SIZE - burst) / rate) * 950)
+    // Per peer: one seed, held to its own rate.
+    const perPeer = await node({ limits: { downloadBytesPerSecondPerPeer: rate / 2 } })
+    started = performance.now()
+    await downloadFromPeers({
+      node: perPeer,
+      peers: [seeds[0]!.addresses],
+      pieceIndex,
+      path: at('per-peer'),
+    })
+    expect(performance.now() - started).toBeGreaterThanOrEqual(((SIZE - burst) / (rate / 2)) * 950)
+  })
+
   it('lets a peer that is still downloading serve the pieces it has verified', async () => {
     const slowSeed = await seed({ limits: { uploadBytesPerSecond: 512 * 1024 } })
     const middle = await node()

@@ -76,6 +76,11 @@ export const nodeConfigSchema = z.strictObject({
       peers: z.array(z.string()).default([]),
       mdns: z.boolean().default(false),
       privateNetworkKey: z.string().optional(),
+      /** Caps on bytes per second sent to and received from all peers together. */
+      uploadBytesPerSecond: z.number().positive().optional(),
+      downloadBytesPerSecond: z.number().positive().optional(),
+      /** Connections to peers open at once. */
+      maxPeers: z.number().int().positive().optional(),
     })
     .prefault({}),
 })
@@ -110,6 +115,15 @@ export function registerNodeCommands(program: Command, context: CommandContext):
               ...(config.p2p.peers.length === 0 ? {} : { bootstrap: config.p2p.peers }),
               mdns: config.p2p.mdns,
               ...(networkKey === undefined ? {} : { privateNetworkKey: networkKey }),
+              limits: {
+                ...(config.p2p.uploadBytesPerSecond === undefined
+                  ? {}
+                  : { uploadBytesPerSecond: config.p2p.uploadBytesPerSecond }),
+                ...(config.p2p.downloadBytesPerSecond === undefined
+                  ? {}
+                  : { downloadBytesPerSecond: config.p2p.downloadBytesPerSecond }),
+                ...(config.p2p.maxPeers === undefined ? {} : { maxPeers: config.p2p.maxPeers }),
+              },
             })
           : undefined
         if (peer !== undefined) stops.unshift(() => peer.stop())

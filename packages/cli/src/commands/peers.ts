@@ -8,7 +8,7 @@ import { createPeerNode, createPrivateNetworkKey, PeerError } from '@llmesh/p2p-
 import type { Command } from 'commander'
 import type { CommandContext } from '../program.js'
 import { table } from '../table.js'
-import { parseByteSize } from './option-parsers.js'
+import { parseByteSize, parseInteger } from './option-parsers.js'
 import { withOpenStore, withStore } from './store.js'
 
 interface PeerOptions {
@@ -49,7 +49,8 @@ export function registerPeerCommands(program: Command, context: CommandContext):
       'cap on bytes per second sent to all peers, such as 20MB',
       parseByteSize,
     )
-    .action(async (options: PeerOptions & { uploadLimit?: number }) =>
+    .option('--max-peers <count>', 'cap on connections to peers open at once', parseInteger)
+    .action(async (options: PeerOptions & { uploadLimit?: number; maxPeers?: number }) =>
       withOpenStore(options, async (store) => {
         const output = context.output()
         const privateNetworkKey = await networkKey(options.privateNetworkKey)
@@ -59,9 +60,12 @@ export function registerPeerCommands(program: Command, context: CommandContext):
           ...(privateNetworkKey === undefined ? {} : { privateNetworkKey }),
           ...(options.bootstrap === undefined ? {} : { bootstrap: options.bootstrap }),
           mdns: options.mdns === true,
-          ...(options.uploadLimit === undefined
-            ? {}
-            : { limits: { uploadBytesPerSecond: options.uploadLimit } }),
+          limits: {
+            ...(options.uploadLimit === undefined
+              ? {}
+              : { uploadBytesPerSecond: options.uploadLimit }),
+            ...(options.maxPeers === undefined ? {} : { maxPeers: options.maxPeers }),
+          },
         })
         const digests = await node.provider.digests()
         const addresses = node.addresses.map(String)
