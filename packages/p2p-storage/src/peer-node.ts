@@ -21,7 +21,7 @@ import { ping } from '@libp2p/ping'
 import { generateKey, preSharedKey } from '@libp2p/pnet'
 import { tcp } from '@libp2p/tcp'
 import { tls } from '@libp2p/tls'
-import { lpStream } from '@libp2p/utils'
+import { type LengthPrefixedStream, lpStream } from '@libp2p/utils'
 import { createLogger, type Logger, sleep } from '@llmesh/core'
 import { type ModelStore, TokenBucket } from '@llmesh/downloader'
 import { isMultiaddr, type Multiaddr, multiaddr } from '@multiformats/multiaddr'
@@ -29,7 +29,7 @@ import { createLibp2p, type Libp2p } from 'libp2p'
 import { CID } from 'multiformats/cid'
 import * as Digest from 'multiformats/hashes/digest'
 import { Bitfield } from './bitfield.js'
-import { StoreBlobProvider } from './blob-provider.js'
+import { type ServedBlob, StoreBlobProvider } from './blob-provider.js'
 import { PeerError } from './errors.js'
 import {
   encodeJson,
@@ -404,51 +404,8 @@ export class PeerNode {
             ),
           ),
         )
-      else {
-        // Watched before the list is sent, so that no piece verified in between is missed.
-        const pending: number[] = []
-        let wake = () => {}
-        const unwatch = request.data.watch
-          ? blob.have.watch((index) => {
-              pending.push(index)
-              wake()
-            })
-          : () => {}
-        try {
-          await messages.write(
-            encodeJson({
-              status: 'ok',
-              size: blob.size,
-              pieceSize: blob.pieceSize,
-              bitfield: blob.have.toBase64(),
-            }),
-          )
-          if (request.data.watch) {
-            // The asker sends nothing more: a read that ends means it stopped watching.
-            let stopped = false
-            messages
-              .read()
-              .catch(() => {})
-              .finally(() => {
-                stopped = true
-                wake()
-              })
-            while (!stopped && !(pending.length === 0 && blob.have.complete)) {
-              if (pending.length === 0)
-                await new Promise<void>((resolve) => {
-                  wake = resolve
-                })
-              else {
-                // Pieces verified within a short while travel in one message.
-                await sleep(HAVE_UPDATE_DELAY_MS)
-                if (!stopped) await messages.write(encodeJson({ pieces: pending.splice(0) }))
-              }
-            }
-          }
-        } finally {
-          unwatch()
-        }
-      }
+      else if (request.data.watch) await sendHaveAndUpdates(messages, blob)
+      else await messages.write(encodeJson(haveAnswer(blob)))
       if (stream.status === 'open') await stream.close()
     } catch (error) {
       stream.abort(error instanceof Error ? error : new Error(String(error)))
@@ -557,6 +514,53 @@ async function loadIdentity(path: string | undefined): Promise<PrivateKey> {
     await writeFile(path, privateKeyToProtobuf(key), { mode: 0o600 })
   }
   return key
+}
+
+function haveAnswer(blob: ServedBlob) {
+  return {
+    status: 'ok' as const,
+    size: blob.size,
+    pieceSize: blob.pieceSize,
+    bitfield: blob.have.toBase64(),
+  }
+}
+
+/**
+ * Sends a blob's piece list, then the pieces verified from then on (those of a short while in one
+ * message), until the blob is complete or the asker stops watching (its side of the stream ends:
+ * it sends nothing after its request).
+ */
+async function sendHaveAndUpdates(messages: LengthPrefixedStream, blob: ServedBlob): Promise<void> {
+  const pending: number[] = []
+  let wake = () => {}
+  // Watched before the list is sent, so that no piece verified in between is missed.
+  const unwatch = blob.have.watch((index) => {
+    pending.push(index)
+    wake()
+  })
+  try {
+    await messages.write(encodeJson(haveAnswer(blob)))
+    let stopped = false
+    messages
+      .read()
+      .catch(() => {})
+      .finally(() => {
+        stopped = true
+        wake()
+      })
+    while (!stopped && !(pending.length === 0 && blob.have.complete)) {
+      if (pending.length === 0)
+        await new Promise<void>((resolve) => {
+          wake = resolve
+        })
+      else {
+        await sleep(HAVE_UPDATE_DELAY_MS)
+        if (!stopped) await messages.write(encodeJson({ pieces: pending.splice(0) }))
+      }
+    }
+  } finally {
+    unwatch()
+  }
 }
 
 function parseJson(bytes: Uint8Array): unknown {
