@@ -176,6 +176,8 @@ try {
       const swarmSeconds: number[] = []
       const bareSeconds: number[] = []
       const tcpSeconds: number[] = []
+      const coresBusy: number[] = []
+      const bareCoresBusy: number[] = []
       const client = await createPeerNode({ encryption: [encryption] })
       for (let run = 0; run < runs; run++) {
         const leecher = await startPeer({
@@ -183,17 +185,40 @@ try {
           output: join(folder, `leech-${run}.bin`),
           encryption,
         })
-        const done = await request<{ seconds: number; error?: string }>(
+        const seedBefore = await request<{ cpuSeconds: number }>(
+          seed.child,
+          { report: true },
+          'cpuSeconds',
+        )
+        const done = await request<{ seconds: number; cpuSeconds: number; error?: string }>(
           leecher.child,
           { start: [seed.addresses[0]] },
           'done',
         )
         if (done.error !== undefined) throw new Error(done.error)
         swarmSeconds.push(done.seconds)
+        const seedAfter = await request<{ cpuSeconds: number }>(
+          seed.child,
+          { report: true },
+          'cpuSeconds',
+        )
+        // Both ends' CPU time over the wall time: 2 means both cores were busy throughout.
+        coresBusy.push(
+          (done.cpuSeconds + seedAfter.cpuSeconds - seedBefore.cpuSeconds) / done.seconds,
+        )
+        console.log(
+          `  ${encryption} run ${run}: leecher ${done.cpuSeconds.toFixed(2)} s of CPU, seed ${(seedAfter.cpuSeconds - seedBefore.cpuSeconds).toFixed(2)} s, wall ${done.seconds.toFixed(2)} s`,
+        )
         leecher.child.kill()
         await rm(join(folder, `leech-${run}.bin`), { force: true })
         await rm(join(folder, `leech-${run}.bin.journal`), { force: true })
 
+        const bareSeedBefore = await request<{ cpuSeconds: number }>(
+          seed.child,
+          { report: true },
+          'cpuSeconds',
+        )
+        const clientBefore = process.cpuUsage()
         let started = performance.now()
         const stream = await client.libp2p.dialProtocol(
           multiaddr(seed.addresses[0]!),
@@ -203,6 +228,18 @@ try {
         for await (const chunk of stream) received += chunk.byteLength
         if (received !== size) throw new Error(`bare stream carried ${received} bytes`)
         bareSeconds.push((performance.now() - started) / 1000)
+        const clientCpu = process.cpuUsage(clientBefore)
+        const bareSeedAfter = await request<{ cpuSeconds: number }>(
+          seed.child,
+          { report: true },
+          'cpuSeconds',
+        )
+        bareCoresBusy.push(
+          ((clientCpu.user + clientCpu.system) / 1e6 +
+            bareSeedAfter.cpuSeconds -
+            bareSeedBefore.cpuSeconds) /
+            bareSeconds.at(-1)!,
+        )
 
         started = performance.now()
         await new Promise<void>((resolve, reject) => {
@@ -225,7 +262,9 @@ try {
         bareLibp2pSeconds: median(bareSeconds),
         rawTcpSeconds: median(tcpSeconds),
         ratioToBareLibp2p: median(bareSeconds) / median(swarmSeconds),
-        runs: { swarmSeconds, bareSeconds, tcpSeconds },
+        coresBusy: median(coresBusy),
+        bareCoresBusy: median(bareCoresBusy),
+        runs: { swarmSeconds, bareSeconds, tcpSeconds, coresBusy, bareCoresBusy },
       }
       transfers[encryption] = transfer
       console.log(`1. transfer (${encryption})`, transfer)

@@ -83,11 +83,15 @@ process.send!({
 
 process.on('message', async (message: { start?: string[]; report?: boolean }) => {
   if (message.report) {
-    process.send!({ uploaded: [...node.uploaded.values()].reduce((sum, bytes) => sum + bytes, 0) })
+    process.send!({
+      uploaded: [...node.uploaded.values()].reduce((sum, bytes) => sum + bytes, 0),
+      cpuSeconds: cpuSeconds(),
+    })
     return
   }
   if (message.start !== undefined) {
     const started = performance.now()
+    const cpuBefore = cpuSeconds()
     try {
       const result = await downloadFromPeers({
         node,
@@ -102,6 +106,7 @@ process.on('message', async (message: { start?: string[]; report?: boolean }) =>
         piecesByPeer: result.piecesByPeer,
         wastedPieces: result.wastedPieces,
         peakRssMiB: process.resourceUsage().maxRSS / 1024,
+        cpuSeconds: cpuSeconds() - cpuBefore,
         banned: result.banned,
       })
     } catch (error) {
@@ -110,3 +115,9 @@ process.on('message', async (message: { start?: string[]; report?: boolean }) =>
   }
 })
 process.on('disconnect', () => process.exit(0))
+
+/** CPU time of this process so far (user and system, all threads). */
+function cpuSeconds(): number {
+  const { user, system } = process.cpuUsage()
+  return (user + system) / 1e6
+}

@@ -157,6 +157,14 @@ export async function downloadFromPeers(
     failuresInARow: 0,
     piecesServed: 0,
   }))
+  // One write at a time: writes to one file take its inode lock in turn anyway, and threads that
+  // wait for it spin on a CPU the download needs.
+  let lastWrite: Promise<unknown> = Promise.resolve()
+  const writeInTurn = (bytes: Uint8Array[], position: number) => {
+    const write = lastWrite.then(() => file.writev(bytes, position))
+    lastWrite = write.catch(() => {})
+    return write
+  }
   const requests = new Map<number, Request[]>()
   const writing = new Set<number>()
   const banned: SwarmDownloadResult['banned'] = []
@@ -259,7 +267,7 @@ export async function downloadFromPeers(
         // Claimed before the first await, so that an endgame duplicate is counted as waste, once.
         writing.add(index)
         const { start } = pieceIndex.range(index)
-        await file.writev(bytes, start)
+        await writeInTurn(bytes, start)
         await journal.append(index)
         have.set(index)
         lastProgressAt = performance.now()
