@@ -267,8 +267,15 @@ export async function downloadFromPeers(
         // Claimed before the first await, so that an endgame duplicate is counted as waste, once.
         writing.add(index)
         const { start } = pieceIndex.range(index)
-        await writeInTurn(bytes, start)
-        await journal.append(index)
+        try {
+          await writeInTurn(bytes, start)
+          await journal.append(index)
+        } catch (error) {
+          // The disk failed (full, say), not the peer: the download stops with the disk's error,
+          // and the pieces journaled so far are kept for a resume.
+          settle.reject(error)
+          return
+        }
         have.set(index)
         lastProgressAt = performance.now()
         peer.piecesServed++
@@ -346,7 +353,7 @@ export async function downloadFromPeers(
       } catch (error) {
         if (signal.aborted) return
         if (PeerError.isInstance(error) && error.code === 'LLMESH_PEER_UNKNOWN_DIGEST')
-          peer.have ??= new Bitfield(pieces)
+          peer.have = new Bitfield(pieces) // it does not serve the blob (yet, or any more)
         else if (PeerError.isInstance(error) && error.code === 'LLMESH_PEER_PROTOCOL') {
           ban(peer, error.message, -1)
           return
