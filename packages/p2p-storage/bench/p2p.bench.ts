@@ -101,6 +101,11 @@ function request<T>(
   })
 }
 
+/** A child's CPU time so far (user and system, all its threads), in seconds. */
+async function cpuSecondsOf(child: ChildProcess): Promise<number> {
+  return (await request<{ cpuSeconds: number }>(child, { report: true }, 'cpuSeconds')).cpuSeconds
+}
+
 const median = (numbers: number[]) => [...numbers].sort((a, b) => a - b)[numbers.length >> 1]!
 
 const SWARM_UPLOAD_CAP = 32 * MiB
@@ -185,11 +190,7 @@ try {
           output: join(folder, `leech-${run}.bin`),
           encryption,
         })
-        const seedBefore = await request<{ cpuSeconds: number }>(
-          seed.child,
-          { report: true },
-          'cpuSeconds',
-        )
+        const seedBefore = await cpuSecondsOf(seed.child)
         const done = await request<{ seconds: number; cpuSeconds: number; error?: string }>(
           leecher.child,
           { start: [seed.addresses[0]] },
@@ -197,27 +198,17 @@ try {
         )
         if (done.error !== undefined) throw new Error(done.error)
         swarmSeconds.push(done.seconds)
-        const seedAfter = await request<{ cpuSeconds: number }>(
-          seed.child,
-          { report: true },
-          'cpuSeconds',
-        )
+        const seedAfter = await cpuSecondsOf(seed.child)
         // Both ends' CPU time over the wall time: 2 means both cores were busy throughout.
-        coresBusy.push(
-          (done.cpuSeconds + seedAfter.cpuSeconds - seedBefore.cpuSeconds) / done.seconds,
-        )
+        coresBusy.push((done.cpuSeconds + seedAfter - seedBefore) / done.seconds)
         console.log(
-          `  ${encryption} run ${run}: leecher ${done.cpuSeconds.toFixed(2)} s of CPU, seed ${(seedAfter.cpuSeconds - seedBefore.cpuSeconds).toFixed(2)} s, wall ${done.seconds.toFixed(2)} s`,
+          `  ${encryption} run ${run}: leecher ${done.cpuSeconds.toFixed(2)} s of CPU, seed ${(seedAfter - seedBefore).toFixed(2)} s, wall ${done.seconds.toFixed(2)} s`,
         )
         leecher.child.kill()
         await rm(join(folder, `leech-${run}.bin`), { force: true })
         await rm(join(folder, `leech-${run}.bin.journal`), { force: true })
 
-        const bareSeedBefore = await request<{ cpuSeconds: number }>(
-          seed.child,
-          { report: true },
-          'cpuSeconds',
-        )
+        const bareSeedBefore = await cpuSecondsOf(seed.child)
         const clientBefore = process.cpuUsage()
         let started = performance.now()
         const stream = await client.libp2p.dialProtocol(
@@ -229,15 +220,9 @@ try {
         if (received !== size) throw new Error(`bare stream carried ${received} bytes`)
         bareSeconds.push((performance.now() - started) / 1000)
         const clientCpu = process.cpuUsage(clientBefore)
-        const bareSeedAfter = await request<{ cpuSeconds: number }>(
-          seed.child,
-          { report: true },
-          'cpuSeconds',
-        )
+        const bareSeedAfter = await cpuSecondsOf(seed.child)
         bareCoresBusy.push(
-          ((clientCpu.user + clientCpu.system) / 1e6 +
-            bareSeedAfter.cpuSeconds -
-            bareSeedBefore.cpuSeconds) /
+          ((clientCpu.user + clientCpu.system) / 1e6 + bareSeedAfter - bareSeedBefore) /
             bareSeconds.at(-1)!,
         )
 

@@ -255,13 +255,14 @@ export async function downloadFromPeers(
     node
       .piece(peer.address, digest, index, { signal: anySignal(signal, controller.signal, timeout) })
       .then(async (bytes) => {
-        if (have.has(index) || writing.has(index)) {
-          wastedPieces++
-          return
-        }
+        // Verified even when another copy came first: a liar is caught by any bad piece it sends.
         if (!pieceIndex.verifyPiece(index, bytes)) {
           wastedPieces++
           ban(peer, 'sent a piece that failed verification', index)
+          return
+        }
+        if (have.has(index) || writing.has(index)) {
+          wastedPieces++
           return
         }
         // Claimed before the first await, so that an endgame duplicate is counted as waste, once.
