@@ -185,6 +185,16 @@ interface PieceRequest {
   startedAt: number
   /** False once its bytes are all in (then it is verified and written). */
   receiving: boolean
+  /**
+   * The piece's only request when it started: it writes its bytes to the partial file as they
+   * arrive, so that little is left to write when the last one lands. A hedge writes at commit.
+   */
+  writesAhead: boolean
+  /** Bytes of the piece handed to the file so far (by `writesAhead` requests). */
+  writtenUpTo: number
+  /** The write in progress, if any; it never rejects (a failure lands in `writeFailure`). */
+  pendingWrite: Promise<void> | undefined
+  writeFailure: unknown
 }
 
 /** Written bytes between two background flushes of the partial file. */
@@ -295,8 +305,16 @@ export async function downloadBlob(options: DownloadBlobOptions): Promise<Downlo
     pieceSize,
   )
   const active = new Map<number, Set<PieceRequest>>()
-  /** Requests whose bytes are still arriving: what counts against `connections`. */
+  /** Requests whose bytes are still arriving. */
   const receiving = new Set<PieceRequest>()
+  /**
+   * Requests from their start until their piece is journaled or given up: what counts against
+   * `connections`. A connection takes its next piece only when its last one is on disk and in the
+   * journal, so a crash at any moment costs at most `connections` pieces.
+   */
+  const unsettled = new Set<PieceRequest>()
+  /** Bytes a `writesAhead` request gathers before handing them to the file. */
+  const writeAheadBytes = Math.min(1024 * 1024, Math.max(16 * 1024, Math.floor(pieceSize / 4)))
   /** Pieces being written right now. */
   const committing = new Set<number>()
   // The file is flushed to disk in the background as it grows, so the flush that must precede
@@ -438,9 +456,9 @@ export async function downloadBlob(options: DownloadBlobOptions): Promise<Downlo
     return pieceRange(index, size, pieceSize)
   }
 
-  /** Requests still receiving bytes: what counts against `connections`. */
+  /** Requests not yet journaled or given up: what counts against `connections`. */
   function receivingCount(): number {
-    return receiving.size
+    return unsettled.size
   }
 
   function lowestMissingIndex(): number | undefined {
@@ -554,11 +572,18 @@ export async function downloadBlob(options: DownloadBlobOptions): Promise<Downlo
       controller: new AbortController(),
       startedAt: performance.now(),
       receiving: true,
+      // A request that finished or failed keeps its claim until its writes have landed, so no
+      // other write to this piece's range can be under way.
+      writesAhead: (active.get(piece)?.size ?? 0) === 0,
+      writtenUpTo: 0,
+      pendingWrite: undefined,
+      writeFailure: undefined,
     }
     const requests = active.get(piece) ?? new Set()
     active.set(piece, requests)
     requests.add(request)
     receiving.add(request)
+    unsettled.add(request)
     state.active++
     hostLimiter?.opened(state.host)
     if (state.attempt.outcome === 'unused') state.attempt.outcome = 'ok'
@@ -605,6 +630,13 @@ export async function downloadBlob(options: DownloadBlobOptions): Promise<Downlo
         bytes.set(chunk, received)
         pieceHash?.update(chunk)
         received += chunk.byteLength
+        if (
+          request.writesAhead &&
+          request.pendingWrite === undefined &&
+          received - request.writtenUpTo >= writeAheadBytes &&
+          !controller.signal.aborted
+        )
+          writeAhead(request, bytes, from, received)
         receivedBytes += chunk.byteLength
         state.attempt.bytes += chunk.byteLength
         state.roundBytes += chunk.byteLength
@@ -628,17 +660,38 @@ export async function downloadBlob(options: DownloadBlobOptions): Promise<Downlo
     } finally {
       clearTimeout(timer)
     }
-    // The connection is free as soon as the bytes are in: verification does not hold it.
+    // The source's connection is free as soon as the bytes are in: verification does not hold it.
     request.receiving = false
     receiving.delete(request)
     state.active--
     hostLimiter?.closed(state.host)
-    if (failure === undefined) void pieceReceived(request, bytes, pieceHash?.digest())
+    await request.pendingWrite
+    if (request.writeFailure !== undefined) {
+      // The disk failed, not the source.
+      release(request)
+      fatal ??= diskError(request.writeFailure)
+    } else if (failure === undefined) void pieceReceived(request, bytes, pieceHash?.digest())
     else {
       release(request)
       onFailure(state, request.piece, failure)
     }
     notify()
+  }
+
+  /** Hands the bytes of a piece received so far to the file, one write at a time per request. */
+  function writeAhead(request: PieceRequest, bytes: Uint8Array, from: number, upTo: number): void {
+    const offset = request.writtenUpTo
+    request.writtenUpTo = upTo
+    request.pendingWrite = file.write(bytes.subarray(offset, upTo), from + offset).then(
+      () => {
+        request.pendingWrite = undefined
+      },
+      (error: unknown) => {
+        request.pendingWrite = undefined
+        request.writeFailure ??= error
+        request.controller.abort(error)
+      },
+    )
   }
 
   /** Gives a piece claim up: the piece goes back to the pool, its slot to the free list. */
@@ -648,6 +701,7 @@ export async function downloadBlob(options: DownloadBlobOptions): Promise<Downlo
   }
 
   function unclaim(request: PieceRequest): void {
+    unsettled.delete(request)
     const requests = active.get(request.piece)
     requests?.delete(request)
     if (requests?.size === 0) active.delete(request.piece)
@@ -689,24 +743,17 @@ export async function downloadBlob(options: DownloadBlobOptions): Promise<Downlo
 
   async function commit(request: PieceRequest, bytes: Uint8Array): Promise<void> {
     const { piece, state } = request
-    // A copy still arriving elsewhere is no longer needed.
-    for (const other of active.get(piece) ?? [])
-      if (other !== request && other.receiving) other.controller.abort(new Superseded())
+    // A copy still arriving elsewhere is no longer needed, and must not write once this one has.
+    const others = [...(active.get(piece) ?? [])].filter((other) => other !== request)
+    for (const other of others) if (other.receiving) other.controller.abort(new Superseded())
+    await Promise.all(others.map((other) => other.pendingWrite))
     const { start: position } = rangeOf(piece)
     try {
-      await file.write(bytes, position)
+      // What the request did not write ahead (all of it, for a hedge).
+      await file.write(bytes.subarray(request.writtenUpTo), position + request.writtenUpTo)
       await journal.append(piece)
     } catch (error) {
-      if (systemErrorCode(error) === 'ENOSPC')
-        throw new DownloadError({
-          code: 'LLMESH_DISK_FULL',
-          digest: expected,
-          path: options.partialPath,
-          cause: error,
-          isRetryable: true,
-          message: `The disk holding ${options.partialPath} is full. The ${done.size} verified pieces are kept; free some space and pull again to resume.`,
-        })
-      throw error
+      throw diskError(error)
     }
     done.add(piece)
     verifiedBytes += bytes.byteLength
@@ -874,6 +921,18 @@ export async function downloadBlob(options: DownloadBlobOptions): Promise<Downlo
     })
     for (const request of receiving)
       if (request.state === state) request.controller.abort(new Superseded())
+  }
+
+  function diskError(error: unknown): unknown {
+    if (systemErrorCode(error) !== 'ENOSPC') return error
+    return new DownloadError({
+      code: 'LLMESH_DISK_FULL',
+      digest: expected,
+      path: options.partialPath,
+      cause: error,
+      isRetryable: true,
+      message: `The disk holding ${options.partialPath} is full. The ${done.size} verified pieces are kept; free some space and pull again to resume.`,
+    })
   }
 
   function exhausted(): DownloadError {

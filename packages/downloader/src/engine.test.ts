@@ -72,6 +72,35 @@ describe('engine', () => {
     await fixture.close()
   })
 
+  it('overwrites what a lying request wrote ahead when a hedge delivers the piece', async () => {
+    fixture = await createFixture({ mirrors: 2, downloader: { stallTimeoutMs: 120_000 } })
+    const last = fixture.data.byteLength / PIECE_SIZE - 1
+    // The first mirror sends wrong bytes early in the last piece, enough of the piece to be
+    // written to the partial file ahead of verification, then stalls; the hedge must replace it.
+    fixture.mirrors[0]!.inject({
+      fault: { kind: 'corrupt', offset: last * PIECE_SIZE + 100, length: 8 },
+      coversOffset: last * PIECE_SIZE,
+    })
+    fixture.mirrors[0]!.inject({
+      fault: { kind: 'stall-mid-body', afterBytes: PIECE_SIZE - 1000 },
+      coversOffset: last * PIECE_SIZE,
+    })
+    fixture.mirrors[1]!.inject({
+      fault: { kind: 'status', status: 503 },
+      coversOffset: last * PIECE_SIZE,
+      times: 1,
+    })
+    const events: DownloadProgressEvent[] = []
+    await fixture.downloader.pull(fixture.manifestPath, {
+      onProgress: (event) => events.push(event),
+    })
+    expect(
+      events.some((event) => event.type === 'download:hedged' && event.detail.piece === last),
+    ).toBe(true)
+    await expectVerifiedBlob(fixture.store, fixture.sha256, fixture.data)
+    await fixture.close()
+  })
+
   it('limits bandwidth over all sources when asked', async () => {
     fixture = await createFixture({
       size: 1024 * 1024,
