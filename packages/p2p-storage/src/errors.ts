@@ -13,6 +13,8 @@ export type PeerErrorCode =
   | 'LLMESH_PEER_BUSY'
   /** The peer broke the protocol (a malformed or oversized message). */
   | 'LLMESH_PEER_PROTOCOL'
+  /** No connection to the peer: the dial failed, or the peer refused it (at its `maxPeers`). */
+  | 'LLMESH_PEER_UNREACHABLE'
   /** No peer left to fetch some pieces from: all gone, banned, or without them. */
   | 'LLMESH_SWARM_EXHAUSTED'
 
@@ -35,7 +37,9 @@ export class PeerError extends LlmeshError {
       message: options.message,
       cause: options.cause,
       isRetryable:
-        options.code === 'LLMESH_PEER_BUSY' || options.code === 'LLMESH_PEER_PIECE_NOT_HELD',
+        options.code === 'LLMESH_PEER_BUSY' ||
+        options.code === 'LLMESH_PEER_PIECE_NOT_HELD' ||
+        options.code === 'LLMESH_PEER_UNREACHABLE',
     })
     this.name = 'PeerError'
     this.code = options.code

@@ -363,7 +363,19 @@ export class PeerNode {
     request: { digest: string; index?: number; watch?: boolean },
     options: { signal?: AbortSignal },
   ) {
-    const stream = await this.libp2p.dialProtocol(dialable(peer), protocol, options)
+    let stream: Stream
+    try {
+      stream = await this.libp2p.dialProtocol(dialable(peer), protocol, options)
+    } catch (error) {
+      if (options.signal?.aborted) throw error
+      throw new PeerError({
+        code: 'LLMESH_PEER_UNREACHABLE',
+        message: `could not open ${protocol} to peer ${peerIdOf(peer)}: ${error instanceof Error ? error.message : String(error)}`,
+        peer: peerIdOf(peer),
+        digest: request.digest,
+        cause: error,
+      })
+    }
     const messages = lpStream(stream, { maxDataLength: MAX_MESSAGE_BYTES })
     try {
       await messages.write(encodeJson(request), options)

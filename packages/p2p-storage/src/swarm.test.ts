@@ -275,6 +275,58 @@ describe('swarm download over real libp2p nodes', () => {
     ).toBe(true)
   })
 
+  it('answers "busy" past its cap on concurrent uploads, and serves again once one ends', async () => {
+    let release!: () => void
+    const gate = new Promise<void>((resolve) => {
+      release = resolve
+    })
+    let reading!: () => void
+    const firstRead = new Promise<void>((resolve) => {
+      reading = resolve
+    })
+    // The disk under the seed is slow: its first read waits until the test lets it go.
+    class SlowDisk extends StoreBlobProvider {
+      override async lookup(digest: string) {
+        const served = await super.lookup(digest)
+        if (served === undefined) return undefined
+        return {
+          ...served,
+          read: async (start: number, end: number) => {
+            reading()
+            await gate
+            return served.read(start, end)
+          },
+        }
+      }
+    }
+    const server = await seed({ provider: new SlowDisk(), limits: { concurrentUploads: 1 } })
+    const client = await node()
+    const first = client.piece(server.addresses, pieceIndex.sha256, 0)
+    await firstRead
+    await expect(client.piece(server.addresses, pieceIndex.sha256, 1)).rejects.toMatchObject({
+      code: 'LLMESH_PEER_BUSY',
+      isRetryable: true,
+    })
+    release()
+    expect(pieceIndex.verifyPiece(0, await first)).toBe(true)
+    expect(
+      pieceIndex.verifyPiece(1, await client.piece(server.addresses, pieceIndex.sha256, 1)),
+    ).toBe(true)
+  })
+
+  it('accepts no more peers than its cap, and the next one once a peer leaves', async () => {
+    const server = await seed({ limits: { maxPeers: 1 } })
+    const first = await node()
+    const second = await node()
+    expect((await first.have(server.addresses, pieceIndex.sha256)).have.complete).toBe(true)
+    await expect(second.have(server.addresses, pieceIndex.sha256)).rejects.toMatchObject({
+      code: 'LLMESH_PEER_UNREACHABLE',
+      isRetryable: true,
+    })
+    await first.stop()
+    expect((await second.have(server.addresses, pieceIndex.sha256)).have.complete).toBe(true)
+  })
+
   it('reads any byte range as a byte source, across pieces and the chunks they arrive in', async () => {
     const server = await seed()
     const client = await node()
