@@ -47,12 +47,20 @@ describe('TokenBucket', () => {
 })
 
 describe('engine', () => {
-  it('hedges a piece stuck on a slow mirror near the end, so the tail does not wait for it', async () => {
+  /**
+   * The first mirror stalls on the last piece after `afterBytes` (far from the stall timeout),
+   * optionally sending wrong bytes before: the pull completes only through a hedge on the second.
+   */
+  async function pullWithLastPieceStalled(afterBytes: number, corrupt = false): Promise<void> {
     fixture = await createFixture({ mirrors: 2, downloader: { stallTimeoutMs: 120_000 } })
     const last = fixture.data.byteLength / PIECE_SIZE - 1
-    // The first mirror stalls forever on the last piece; the stall timeout is far away.
+    if (corrupt)
+      fixture.mirrors[0]!.inject({
+        fault: { kind: 'corrupt', offset: last * PIECE_SIZE + 100, length: 8 },
+        coversOffset: last * PIECE_SIZE,
+      })
     fixture.mirrors[0]!.inject({
-      fault: { kind: 'stall-mid-body', afterBytes: 1000 },
+      fault: { kind: 'stall-mid-body', afterBytes },
       coversOffset: last * PIECE_SIZE,
     })
     // Should the second mirror be asked first, it answers 503 once, so the first one gets it.
@@ -65,40 +73,21 @@ describe('engine', () => {
     await fixture.downloader.pull(fixture.manifestPath, {
       onProgress: (event) => events.push(event),
     })
-    await expectVerifiedBlob(fixture.store, fixture.sha256, fixture.data)
     expect(
       events.some((event) => event.type === 'download:hedged' && event.detail.piece === last),
     ).toBe(true)
+    await expectVerifiedBlob(fixture.store, fixture.sha256, fixture.data)
     await fixture.close()
+  }
+
+  it('hedges a piece stuck on a slow mirror near the end, so the tail does not wait for it', async () => {
+    await pullWithLastPieceStalled(1000)
   })
 
   it('overwrites what a lying request wrote ahead when a hedge delivers the piece', async () => {
-    fixture = await createFixture({ mirrors: 2, downloader: { stallTimeoutMs: 120_000 } })
-    const last = fixture.data.byteLength / PIECE_SIZE - 1
-    // The first mirror sends wrong bytes early in the last piece, enough of the piece to be
-    // written to the partial file ahead of verification, then stalls; the hedge must replace it.
-    fixture.mirrors[0]!.inject({
-      fault: { kind: 'corrupt', offset: last * PIECE_SIZE + 100, length: 8 },
-      coversOffset: last * PIECE_SIZE,
-    })
-    fixture.mirrors[0]!.inject({
-      fault: { kind: 'stall-mid-body', afterBytes: PIECE_SIZE - 1000 },
-      coversOffset: last * PIECE_SIZE,
-    })
-    fixture.mirrors[1]!.inject({
-      fault: { kind: 'status', status: 503 },
-      coversOffset: last * PIECE_SIZE,
-      times: 1,
-    })
-    const events: DownloadProgressEvent[] = []
-    await fixture.downloader.pull(fixture.manifestPath, {
-      onProgress: (event) => events.push(event),
-    })
-    expect(
-      events.some((event) => event.type === 'download:hedged' && event.detail.piece === last),
-    ).toBe(true)
-    await expectVerifiedBlob(fixture.store, fixture.sha256, fixture.data)
-    await fixture.close()
+    // Most of the piece, wrong bytes included, is written to the partial file ahead of
+    // verification before the stall; the hedge's copy must replace all of it.
+    await pullWithLastPieceStalled(PIECE_SIZE - 1000, true)
   })
 
   it('limits bandwidth over all sources when asked', async () => {
