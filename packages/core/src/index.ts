@@ -43,6 +43,7 @@ export {
   LlmeshError,
   type LlmeshErrorOptions,
 } from './errors.js'
+export { readBodyWithin, sendJson } from './http.js'
 export { createLogger, enableLogging, type Logger } from './logger.js'
 export {
   CustomProgressEvent,

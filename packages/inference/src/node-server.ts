@@ -13,7 +13,7 @@ import {
 } from 'node:http'
 import type { AddressInfo } from 'node:net'
 import { getRequestListener } from '@hono/node-server'
-import { createLogger, type Logger } from '@llmesh/core'
+import { createLogger, type Logger, readBodyWithin, sendJson } from '@llmesh/core'
 import { Hono } from 'hono'
 import { bodyLimit } from 'hono/body-limit'
 import type { ContentfulStatusCode } from 'hono/utils/http-status'
@@ -221,29 +221,20 @@ async function serveGeneration(
   response: ServerResponse,
   bodyLimitBytes: number,
 ): Promise<void> {
-  const tooLarge = () =>
-    sendJson(
+  const bytes = await readBodyWithin(request, bodyLimitBytes)
+  if (bytes === undefined)
+    return sendJson(
       response,
       413,
       openAiError(
         `The request body is larger than ${bodyLimitBytes} bytes.`,
         'invalid_request_error',
       ),
+      { connection: 'close' },
     )
-  if (Number(request.headers['content-length'] ?? 0) > bodyLimitBytes) {
-    request.resume()
-    return tooLarge()
-  }
-  const chunks: Buffer[] = []
-  let size = 0
-  for await (const chunk of request as AsyncIterable<Buffer>) {
-    size += chunk.byteLength
-    if (size > bodyLimitBytes) return tooLarge()
-    chunks.push(chunk)
-  }
   let body: unknown
   try {
-    body = JSON.parse(Buffer.concat(chunks).toString('utf8'))
+    body = JSON.parse(bytes.toString('utf8'))
   } catch {
     return sendJson(response, 400, notJson)
   }
@@ -266,19 +257,4 @@ async function serveGeneration(
     response.off('close', onClose)
     response.end()
   }
-}
-
-function sendJson(
-  response: ServerResponse,
-  status: number,
-  body: unknown,
-  headers: Record<string, string> = {},
-): void {
-  const text = JSON.stringify(body)
-  response.writeHead(status, {
-    'content-type': 'application/json',
-    'content-length': Buffer.byteLength(text),
-    ...headers,
-  })
-  response.end(text)
 }

@@ -5,6 +5,7 @@
  * routes, and with them all routes, go without.
  */
 import type { IncomingMessage, RequestListener, ServerResponse } from 'node:http'
+import { readBodyWithin } from '@llmesh/core'
 
 /** What a handler answers. */
 export class Reply {
@@ -146,8 +147,9 @@ export class Router {
     }
     let body: string | undefined
     if (method === 'POST') {
-      body = await readBody(request, this.options.bodyLimitBytes)
-      if (body === undefined) return { reply: this.options.onTooLarge(), route: found.route.route }
+      const bytes = await readBodyWithin(request, this.options.bodyLimitBytes)
+      if (bytes === undefined) return { reply: this.options.onTooLarge(), route: found.route.route }
+      body = bytes.toString('utf8')
     } else request.resume()
     const exchange = new Exchange(
       request,
@@ -161,31 +163,6 @@ export class Router {
       return { reply: this.options.onError(error, method, url.pathname), route: found.route.route }
     }
   }
-}
-
-/** The body as text, or undefined once it passes `limit` bytes (the rest is not read). */
-function readBody(request: IncomingMessage, limit: number): Promise<string | undefined> {
-  const declared = Number(request.headers['content-length'] ?? 0)
-  if (declared > limit) {
-    request.resume()
-    return Promise.resolve(undefined)
-  }
-  return new Promise((resolve, reject) => {
-    const chunks: Buffer[] = []
-    let size = 0
-    request.on('data', (chunk: Buffer) => {
-      size += chunk.byteLength
-      if (size > limit) {
-        request.removeAllListeners('data')
-        request.resume()
-        resolve(undefined)
-        return
-      }
-      chunks.push(chunk)
-    })
-    request.once('end', () => resolve(Buffer.concat(chunks).toString('utf8')))
-    request.once('error', reject)
-  })
 }
 
 function send(response: ServerResponse, reply: Reply): void {

@@ -18,7 +18,7 @@ import {
   type ServerResponse,
 } from 'node:http'
 import type { AddressInfo } from 'node:net'
-import { createLogger, type Logger } from '@llmesh/core'
+import { createLogger, type Logger, readBodyWithin, sendJson } from '@llmesh/core'
 import { Agent } from 'undici'
 import { Balancer, type BalancerOptions, type Choice } from './balancer.js'
 import { createGatewayMetrics, type GatewayMetrics } from './metrics.js'
@@ -171,13 +171,16 @@ export function createGateway(options: GatewayOptions): Gateway {
   }
 
   async function proxy(request: IncomingMessage, response: ServerResponse, path: string) {
-    const body = await readBody(request, bodyLimitBytes)
+    const body = await readBodyWithin(request, bodyLimitBytes)
     if (body === undefined)
       return sendError(
         response,
         413,
         `The request body is larger than ${bodyLimitBytes} bytes.`,
         'invalid_request_error',
+        null,
+        null,
+        { connection: 'close' },
       )
     let parsed: { model?: unknown; stream?: unknown; max_tokens?: unknown }
     try {
@@ -532,21 +535,6 @@ export function createGateway(options: GatewayOptions): Gateway {
   }
 }
 
-async function readBody(request: IncomingMessage, limit: number): Promise<Buffer | undefined> {
-  if (Number(request.headers['content-length'] ?? 0) > limit) {
-    request.resume()
-    return undefined
-  }
-  const chunks: Buffer[] = []
-  let size = 0
-  for await (const chunk of request as AsyncIterable<Buffer>) {
-    size += chunk.byteLength
-    if (size > limit) return undefined
-    chunks.push(chunk)
-  }
-  return Buffer.concat(chunks)
-}
-
 function sendRaw(
   response: ServerResponse,
   status: number,
@@ -564,21 +552,6 @@ function sendRaw(
   out['content-length'] = String(Buffer.byteLength(body))
   response.writeHead(status, out)
   response.end(body)
-}
-
-function sendJson(
-  response: ServerResponse,
-  status: number,
-  body: unknown,
-  headers: Record<string, string> = {},
-): void {
-  const text = JSON.stringify(body)
-  response.writeHead(status, {
-    'content-type': 'application/json',
-    'content-length': Buffer.byteLength(text),
-    ...headers,
-  })
-  response.end(text)
 }
 
 function sendError(
