@@ -36,6 +36,7 @@ import { tryLock, waitForRelease } from './lock.js'
 import type { DownloadProgressEvent } from './progress.js'
 import { DEFAULT_HF_ENDPOINT, hfResolveUrl, parseHfUri } from './sources/hf.js'
 import { HttpSource } from './sources/http-source.js'
+import { RangeSockets } from './sources/range-sockets.js'
 import type { ModelStore } from './store.js'
 import { TokenBucket } from './token-bucket.js'
 
@@ -149,6 +150,11 @@ export function createDownloader(options: DownloaderOptions): Downloader {
       headersTimeout: 300_000,
       bodyTimeout: 300_000,
     })
+  // Piece bodies are read into reused buffers, unless the caller brought its own dispatcher (a
+  // proxy, a mock), which must then see every request.
+  const sockets = ownsDispatcher
+    ? new RangeSockets({ maxIdlePerOrigin: maxConnectionsPerHost })
+    : undefined
   const hostLimiter = new HostConnectionLimiter(maxConnectionsPerHost)
   const globalBandwidth =
     options.bandwidth === undefined ? undefined : new TokenBucket(options.bandwidth)
@@ -157,7 +163,7 @@ export function createDownloader(options: DownloaderOptions): Downloader {
   const fileSystem = options.fileSystem ?? nodeFileSystem
 
   function httpSource(url: URL, expectedSize: number | undefined, token?: string): HttpSource {
-    return new HttpSource({ url, dispatcher, expectedSize, token })
+    return new HttpSource({ url, dispatcher, expectedSize, token, sockets })
   }
 
   function allowed(url: URL): boolean {
@@ -548,6 +554,7 @@ export function createDownloader(options: DownloaderOptions): Downloader {
       return pullManifest(manifest, undefined, pullOptions)
     },
     async close() {
+      sockets?.close()
       if (ownsDispatcher) await dispatcher.close()
     },
   }

@@ -7,6 +7,7 @@ import {
   isAbortError,
 } from '@llmesh/core'
 import { type Dispatcher, request } from 'undici'
+import type { RangeResponse, RangeSockets, ResponseHead } from './range-sockets.js'
 
 const log = createLogger('downloader:http')
 
@@ -23,6 +24,11 @@ export interface HttpSourceOptions {
   userAgent?: string
   /** Redirects followed per request. Default 5. */
   maxRedirects?: number
+  /**
+   * Sockets that read piece bodies into reused buffers (much less memory than undici at high
+   * rates); undici still makes every request they leave to it (redirects, unsized bodies, HEAD).
+   */
+  sockets?: RangeSockets
 }
 
 /** What a HEAD request learned about a file: its size and, from a hub, its content digest. */
@@ -77,7 +83,7 @@ export class HttpSource implements ByteSource {
     const length = end - start
     const headers: Record<string, string> = { range: `bytes=${start}-${end - 1}` }
     if (this.etag !== undefined) headers['if-match'] = this.etag
-    const response = await this.send('GET', headers, digest, signal)
+    const response = await this.openRange(headers, digest, signal)
     const { statusCode } = response
     let finished = false
     try {
@@ -94,7 +100,7 @@ export class HttpSource implements ByteSource {
         )
 
       let received = 0
-      for await (const chunk of response.body as AsyncIterable<Buffer>) {
+      for await (const chunk of response.body) {
         const room = length - received
         if (chunk.byteLength > room) {
           if (statusCode === 206)
@@ -127,7 +133,59 @@ export class HttpSource implements ByteSource {
       throw this.networkError(error, digest)
     } finally {
       // A body read to its end leaves the connection reusable; anything else closes it.
-      if (!finished) closeBody(response)
+      if (!finished) response.close()
+    }
+  }
+
+  /** A range request through the reused-buffer sockets when they take it, through undici otherwise. */
+  private async openRange(
+    headers: Record<string, string>,
+    digest: string,
+    signal: AbortSignal | undefined,
+  ): Promise<RangeResponse> {
+    const { sockets } = this.options
+    if (sockets !== undefined) {
+      const url = this.resolved ?? this.url
+      let response: RangeResponse | undefined
+      try {
+        response = await sockets.request(url, { ...this.headersFor(url), ...headers }, signal)
+      } catch (error) {
+        if (isAbortError(error) || signal?.aborted) throw error
+        throw this.networkError(error, digest)
+      }
+      if (response !== undefined) {
+        try {
+          this.checkResolvedStillWorks(url, response, digest)
+        } catch (error) {
+          response.close()
+          throw error
+        }
+        return response
+      }
+    }
+    const response = await this.send('GET', headers, digest, signal)
+    return {
+      statusCode: response.statusCode,
+      headers: response.headers,
+      body: response.body as AsyncIterable<Uint8Array>,
+      close: () => closeBody(response),
+    }
+  }
+
+  /** A cached redirect target (a signed URL, say) that stopped working is forgotten. */
+  private checkResolvedStillWorks(url: URL, response: ResponseHead, digest: string | undefined) {
+    if (
+      url !== this.url &&
+      url === this.resolved &&
+      [401, 403, 404, 410].includes(response.statusCode)
+    ) {
+      this.resolved = undefined
+      throw this.error(
+        'unavailable',
+        digest,
+        `its redirect target ${url.origin} answered ${response.statusCode}; will ask ${this.url.origin} again`,
+        response.statusCode,
+      )
     }
   }
 
@@ -180,19 +238,13 @@ export class HttpSource implements ByteSource {
       onHop?.(response)
       if (!REDIRECT_STATUSES.has(response.statusCode)) {
         // A cached signed URL that stopped working: forget it and go through the origin again.
-        if (
-          url === cached &&
-          url !== this.url &&
-          [401, 403, 404, 410].includes(response.statusCode)
-        ) {
-          await response.body.dump().catch(() => {})
-          this.resolved = undefined
-          throw this.error(
-            'unavailable',
-            digest,
-            `its redirect target ${url.origin} answered ${response.statusCode}; will ask ${this.url.origin} again`,
-            response.statusCode,
-          )
+        if (url === cached) {
+          try {
+            this.checkResolvedStillWorks(url, response, digest)
+          } catch (error) {
+            await response.body.dump().catch(() => {})
+            throw error
+          }
         }
         if (url !== this.url) this.resolved = url
         return response
@@ -240,7 +292,7 @@ export class HttpSource implements ByteSource {
 
   private checkStatus(
     statusCode: number,
-    response: Dispatcher.ResponseData,
+    response: ResponseHead,
     digest: string | undefined,
   ): void {
     if (statusCode === 200 || statusCode === 206) return
@@ -284,7 +336,7 @@ export class HttpSource implements ByteSource {
     throw this.error('misbehaved', digest, `answered an unexpected ${statusCode}`, statusCode)
   }
 
-  private checkContentType(response: Dispatcher.ResponseData, digest: string | undefined): void {
+  private checkContentType(response: ResponseHead, digest: string | undefined): void {
     const type = header(response, 'content-type')
     if (type !== undefined && /^\s*text\/html\b/i.test(type))
       throw this.error(
@@ -295,7 +347,7 @@ export class HttpSource implements ByteSource {
       )
   }
 
-  private checkEtag(response: Dispatcher.ResponseData, digest: string | undefined): void {
+  private checkEtag(response: ResponseHead, digest: string | undefined): void {
     const etag = header(response, 'etag')
     if (etag === undefined || etag.startsWith('W/')) return
     if (this.etag !== undefined && etag !== this.etag)
@@ -317,7 +369,7 @@ export class HttpSource implements ByteSource {
   }
 
   private checkContentRange(
-    response: Dispatcher.ResponseData,
+    response: ResponseHead,
     start: number,
     end: number,
     digest: string | undefined,
@@ -384,7 +436,7 @@ function closeBody(response: Dispatcher.ResponseData): void {
   response.body.destroy()
 }
 
-function header(response: Dispatcher.ResponseData, name: string): string | undefined {
+function header(response: ResponseHead, name: string): string | undefined {
   const value = response.headers[name]
   return Array.isArray(value) ? value[0] : value
 }
