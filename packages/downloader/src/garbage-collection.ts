@@ -5,10 +5,12 @@ import { setFlagsFromString } from 'node:v8'
  * whole process, so it is a choice for the program, not for a library: the `llmesh` CLI makes it
  * at startup. Two flags:
  *
- * - **Buffers count in the global heap limit.** A download reads hundreds of megabytes per
+ * - **Buffers count in the global heap limit.** A transfer reads hundreds of megabytes per
  *   second into short-lived buffers. With V8's default, a full collection starts each time a few
- *   tens of megabytes of them pile up: a 2 GiB pull ran about 80 (one every 100 ms, each pausing
- *   the thread that hashes and writes the pieces); with this, about 25.
+ *   tens of megabytes of them pile up: a 2 GiB pull through undici ran about 80 (one every 100 ms,
+ *   each pausing the thread that hashes and writes the pieces); with this, about 25. HTTP piece
+ *   bodies are now read into reused buffers, which made this moot for them (same speed without
+ *   it, and about 40 MiB less peak memory); libp2p streams still allocate per read.
  * - **The heap may grow to three times what the last full collection kept** before the next one.
  *   V8's own factor falls when the CPU is contended, which is when collections cost most: in the
  *   peer-to-peer swarm benchmark (nine processes on two cores) each process ran a full collection

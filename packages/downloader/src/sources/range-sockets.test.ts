@@ -1,5 +1,5 @@
 import { createServer, type Server } from 'node:http'
-import type { AddressInfo } from 'node:net'
+import type { AddressInfo, Socket } from 'node:net'
 import { startMirror, testTlsCertificate, testTlsKey } from '@llmesh/testkit'
 import { afterEach, describe, expect, it } from 'vitest'
 import { RangeSockets } from './range-sockets.js'
@@ -17,6 +17,28 @@ async function read(sockets: RangeSockets, url: URL, start: number, end: number)
   // The views are valid until the next one is asked for: copy each.
   for await (const chunk of response.body) chunks.push(Buffer.from(chunk))
   return { status: response.statusCode, headers: response.headers, body: Buffer.concat(chunks) }
+}
+
+/** A bare range server that records its connections, and can drop a connection's second request. */
+async function startRangeServer(options: { dropSecondRequest?: boolean } = {}) {
+  const served = new WeakMap<object, number>()
+  const connections: Socket[] = []
+  const server = createServer((request, response) => {
+    const count = (served.get(request.socket) ?? 0) + 1
+    served.set(request.socket, count)
+    if (options.dropSecondRequest === true && count > 1) return request.socket.destroy()
+    const [, first, last] = /bytes=(\d+)-(\d+)/.exec(request.headers.range ?? '')!.map(Number)
+    response.writeHead(206, {
+      'content-range': `bytes ${first}-${last}/${data.byteLength}`,
+      'content-length': last! - first! + 1,
+    })
+    response.end(data.subarray(first, last! + 1))
+  })
+  server.on('connection', (socket) => connections.push(socket))
+  open.push({ close: () => new Promise<void>((resolve) => server.close(() => resolve())) })
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  const url = new URL(`http://127.0.0.1:${(server.address() as AddressInfo).port}/model.bin`)
+  return { url, connections }
 }
 
 describe('RangeSockets', () => {
@@ -37,6 +59,17 @@ describe('RangeSockets', () => {
       expect(answer?.body.equals(data.subarray(start, end))).toBe(true)
     }
     expect(new Set(mirror.requests.map((request) => request.connection)).size).toBe(1)
+  })
+
+  it('closes a socket left idle past its timeout', async () => {
+    const server = await startRangeServer()
+    const sockets = new RangeSockets({ idleTimeoutMs: 20 })
+    open.push(sockets)
+    await read(sockets, server.url, 0, 10)
+    // The server sees the idle socket closed by the client, then a new one for the next range.
+    await new Promise((resolve) => server.connections[0]!.once('close', resolve))
+    expect((await read(sockets, server.url, 10, 20))?.body.equals(data.subarray(10, 20))).toBe(true)
+    expect(server.connections).toHaveLength(2)
   })
 
   it('reads over TLS', async () => {
@@ -73,25 +106,12 @@ describe('RangeSockets', () => {
 
   it('asks again on a new socket when a kept-alive one fails before answering', async () => {
     // The server drops every connection at its second request, as one that closed it would.
-    const served = new WeakMap<object, number>()
-    const server = createServer((request, response) => {
-      const count = (served.get(request.socket) ?? 0) + 1
-      served.set(request.socket, count)
-      if (count > 1) return request.socket.destroy()
-      const [, first, last] = /bytes=(\d+)-(\d+)/.exec(request.headers.range ?? '')!.map(Number)
-      response.writeHead(206, {
-        'content-range': `bytes ${first}-${last}/${data.byteLength}`,
-        'content-length': last! - first! + 1,
-      })
-      response.end(data.subarray(first, last! + 1))
-    })
-    open.push({ close: () => new Promise<void>((resolve) => server.close(() => resolve())) })
-    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
-    const url = new URL(`http://127.0.0.1:${(server.address() as AddressInfo).port}/model.bin`)
+    const server = await startRangeServer({ dropSecondRequest: true })
     const sockets = new RangeSockets()
     open.push(sockets)
-    expect((await read(sockets, url, 0, 10))?.body.equals(data.subarray(0, 10))).toBe(true)
-    expect((await read(sockets, url, 10, 20))?.body.equals(data.subarray(10, 20))).toBe(true)
+    expect((await read(sockets, server.url, 0, 10))?.body.equals(data.subarray(0, 10))).toBe(true)
+    expect((await read(sockets, server.url, 10, 20))?.body.equals(data.subarray(10, 20))).toBe(true)
+    expect(server.connections).toHaveLength(2)
   })
 
   it('stops at once on abort', async () => {

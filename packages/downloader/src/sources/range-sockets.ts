@@ -76,6 +76,8 @@ class PooledSocket {
     this.socket.on('error', (error) => this.fail(error))
     this.socket.on('end', () => this.fail(new Error('the server closed the connection')))
     this.socket.on('close', () => this.fail(new Error('the connection closed')))
+    // Armed only while idle (`setTimeout` in the pool): an idle socket past it is closed.
+    this.socket.on('timeout', () => this.destroy())
   }
 
   private received(length: number): boolean {
@@ -160,7 +162,7 @@ export class RangeSockets {
       const index = sockets.indexOf(pooled)
       if (index >= 0) sockets.splice(index, 1)
     }
-    pooled.socket.setTimeout(this.options.idleTimeoutMs ?? 10_000, () => pooled.destroy())
+    pooled.socket.setTimeout(this.options.idleTimeoutMs ?? 10_000)
     pooled.socket.unref()
     // Reading while idle sees the server close the socket (or send what nobody asked for).
     pooled.socket.resume()
