@@ -21,6 +21,8 @@ const slotBytes = workerData.slotBytes
 const whole = createHash('sha256')
 let next = 0
 let fd
+// Pieces are read back one at a time, into one buffer kept for the whole download.
+let readBuffer = Buffer.alloc(0)
 const slot = (index, length) => shared.subarray(index * slotBytes, index * slotBytes + length)
 parentPort.on('message', (message) => {
   switch (message.type) {
@@ -39,7 +41,9 @@ parentPort.on('message', (message) => {
     case 'read': {
       if (message.index !== next) return
       fd ??= openSync(workerData.path, 'r')
-      const buffer = Buffer.allocUnsafe(message.end - message.start)
+      if (readBuffer.length < message.end - message.start)
+        readBuffer = Buffer.allocUnsafe(message.end - message.start)
+      const buffer = readBuffer.subarray(0, message.end - message.start)
       let filled = 0
       while (filled < buffer.length) {
         const count = readSync(fd, buffer, filled, buffer.length - filled, message.start + filled)

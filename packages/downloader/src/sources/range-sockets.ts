@@ -179,7 +179,9 @@ export class RangeSockets {
     const reused = pooled.used
     pooled.used = true
     return new Promise((resolve, reject) => {
+      /** The start of an answer head split across reads (copied out of the reused buffer). */
       let head: Buffer | undefined
+      let receivedAny = false
       let answered = false
       let remaining = 0
       let reusable = true
@@ -203,7 +205,7 @@ export class RangeSockets {
         if (!answered) {
           finish(false)
           reject(
-            reused && head === undefined && !signal?.aborted
+            reused && !receivedAny && !signal?.aborted
               ? new StaleSocket('stale', { cause: error })
               : error,
           )
@@ -228,16 +230,21 @@ export class RangeSockets {
 
       pooled.onBytes = (bytes) => {
         if (answered) return deliver(bytes)
-        // The read buffer is reused: the head is copied out of it.
-        head = head === undefined ? Buffer.from(bytes) : Buffer.concat([head, bytes])
-        const end = head.indexOf('\r\n\r\n')
+        receivedAny = true
+        // Usually the whole head is in one read, followed by the body's first bytes: only the head
+        // is turned into text, and the rest stays a view. A head split across reads is copied out
+        // of the reused buffer until it is whole.
+        const joined = head === undefined ? bytes : Buffer.concat([head, bytes])
+        const end = joined.indexOf('\r\n\r\n')
         if (end < 0) {
-          if (head.byteLength > MAX_HEAD_BYTES) fail(new Error('an answer head over 64 KiB'))
+          if (joined.byteLength > MAX_HEAD_BYTES) fail(new Error('an answer head over 64 KiB'))
+          else head = Buffer.from(joined)
           return true
         }
-        const parsed = parseHead(head.subarray(0, end).toString('latin1'))
+        head = undefined
+        const parsed = parseHead(joined.subarray(0, end).toString('latin1'))
         if (parsed === undefined) {
-          fail(new Error(`not an HTTP/1.1 answer: ${head.subarray(0, 60).toString('latin1')}`))
+          fail(new Error(`not an HTTP/1.1 answer: ${joined.subarray(0, 60).toString('latin1')}`))
           return false
         }
         const length = parsed.headers['content-length']
@@ -257,9 +264,7 @@ export class RangeSockets {
         answered = true
         remaining = Number(length)
         resolve({ statusCode: parsed.statusCode, headers: parsed.headers, body: body(), close })
-        const rest = head.subarray(end + 4)
-        head = undefined
-        return deliver(rest)
+        return deliver(joined.subarray(end + 4))
       }
 
       function close(): void {
