@@ -20,7 +20,9 @@ async function read(sockets: RangeSockets, url: URL, start: number, end: number)
 }
 
 /** A bare range server that records its connections, and can drop a connection's second request. */
-async function startRangeServer(options: { dropSecondRequest?: boolean } = {}) {
+async function startRangeServer(
+  options: { dropSecondRequest?: boolean; closeEach?: boolean } = {},
+) {
   const served = new WeakMap<object, number>()
   const connections: Socket[] = []
   const server = createServer((request, response) => {
@@ -31,6 +33,7 @@ async function startRangeServer(options: { dropSecondRequest?: boolean } = {}) {
     response.writeHead(206, {
       'content-range': `bytes ${first}-${last}/${data.byteLength}`,
       'content-length': last! - first! + 1,
+      ...(options.closeEach === true ? { connection: 'close' } : {}),
     })
     response.end(data.subarray(first, last! + 1))
   })
@@ -102,6 +105,20 @@ describe('RangeSockets', () => {
     open.push(sockets)
     expect(await read(sockets, new URL(`${origin}/moved`), 0, 10)).toBeUndefined()
     expect(await read(sockets, new URL(`${origin}/chunked`), 0, 10)).toBeUndefined()
+    // That origin does not size its bodies: it is not asked on this path again.
+    let asked = 0
+    server.on('request', () => asked++)
+    expect(await read(sockets, new URL(`${origin}/chunked`), 0, 10)).toBeUndefined()
+    expect(asked).toBe(0)
+  })
+
+  it('reads the answers of a server that closes the connection after each one', async () => {
+    const server = await startRangeServer({ closeEach: true })
+    const sockets = new RangeSockets()
+    open.push(sockets)
+    expect((await read(sockets, server.url, 0, 10))?.body.equals(data.subarray(0, 10))).toBe(true)
+    expect((await read(sockets, server.url, 10, 20))?.body.equals(data.subarray(10, 20))).toBe(true)
+    expect(server.connections).toHaveLength(2)
   })
 
   it('asks again on a new socket when a kept-alive one fails before answering', async () => {

@@ -105,6 +105,8 @@ class PooledSocket {
 /** Keep-alive sockets per origin, shared by the HTTP sources of one downloader. */
 export class RangeSockets {
   private readonly idle = new Map<string, PooledSocket[]>()
+  /** Origins whose answers this path cannot read (unsized bodies): every request goes to undici. */
+  private readonly leftToUndici = new Set<string>()
   private closed = false
 
   constructor(private readonly options: RangeSocketsOptions = {}) {}
@@ -118,6 +120,7 @@ export class RangeSockets {
     headers: Record<string, string>,
     signal?: AbortSignal,
   ): Promise<RangeResponse | undefined> {
+    if (this.leftToUndici.has(url.origin)) return undefined
     for (let attempt = 0; ; attempt++) {
       signal?.throwIfAborted()
       if (this.closed) throw new Error('the downloader is closed')
@@ -248,19 +251,20 @@ export class RangeSockets {
           return false
         }
         const length = parsed.headers['content-length']
-        if (
-          !parsed.keepAlive ||
-          parsed.statusCode < 200 ||
-          REDIRECT_STATUSES.has(parsed.statusCode) ||
-          parsed.headers['transfer-encoding'] !== undefined ||
-          typeof length !== 'string' ||
-          !/^\d+$/.test(length)
-        ) {
+        const sized =
+          parsed.headers['transfer-encoding'] === undefined &&
+          typeof length === 'string' &&
+          /^\d+$/.test(length)
+        if (parsed.statusCode < 200 || REDIRECT_STATUSES.has(parsed.statusCode) || !sized) {
+          // A server that does not size its bodies will not start now: its origin goes to undici.
+          if (!sized && !REDIRECT_STATUSES.has(parsed.statusCode)) this.leftToUndici.add(url.origin)
           answered = true
           finish(false)
           resolve(undefined)
           return false
         }
+        // A server that closes after each answer is read all the same, on a new socket each time.
+        reusable = parsed.keepAlive
         answered = true
         remaining = Number(length)
         resolve({ statusCode: parsed.statusCode, headers: parsed.headers, body: body(), close })
