@@ -7,7 +7,12 @@ import {
   isAbortError,
 } from '@llmesh/core'
 import { type Dispatcher, request } from 'undici'
-import type { RangeResponse, RangeSockets, ResponseHead } from './range-sockets.js'
+import {
+  type RangeResponse,
+  type RangeSockets,
+  REDIRECT_STATUSES,
+  type ResponseHead,
+} from './range-sockets.js'
 
 const log = createLogger('downloader:http')
 
@@ -40,7 +45,6 @@ export interface HttpProbe {
   url: string
 }
 
-const REDIRECT_STATUSES = new Set([301, 302, 303, 307, 308])
 const RETRYABLE_STATUSES = new Set([408, 425, 429, 500, 502, 503, 504])
 
 /**

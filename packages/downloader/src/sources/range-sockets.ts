@@ -35,7 +35,8 @@ export interface RangeSocketsOptions {
 
 const READ_BUFFER_BYTES = 64 * 1024
 const MAX_HEAD_BYTES = 64 * 1024
-const REDIRECT_STATUSES = new Set([301, 302, 303, 307, 308])
+/** Answers that send the request elsewhere (followed by hand in `HttpSource`). */
+export const REDIRECT_STATUSES = new Set([301, 302, 303, 307, 308])
 
 /** A kept-alive socket that failed before any byte of an answer: the server had closed it. */
 class StaleSocket extends Error {}
