@@ -7,16 +7,23 @@
  *   3. time to first token through the HTTP server (undici, streaming) against in-process;
  *   4. node-llama-cpp's default thread count against llmesh's choice (a child process).
  *
- *   node bench/inference.bench.ts [--runs 5] [--tokens 128] [--smoke]
+ *   node bench/inference.bench.ts [--runs 5] [--tokens 128] [--smoke] [--backend cuda]
  *
- * Writes bench/results/inference.json and the table in README.md (not in --smoke mode).
+ * Writes bench/results/inference.json and the table in README.md (not in --smoke mode). With a GPU
+ * backend every layer is offloaded, figure 4 (a CPU matter) is left out, and the figures go to
+ * bench/results/inference-<backend>.json and the README's GPU table.
  */
 import { execFile } from 'node:child_process'
 import { mkdir, readFile, writeFile } from 'node:fs/promises'
 import { cpus } from 'node:os'
 import { join } from 'node:path'
 import { parseArgs, promisify } from 'node:util'
-import { createInferenceEngine, createModelPool, createNodeServer } from '@llmesh/inference'
+import {
+  createInferenceEngine,
+  createModelPool,
+  createNodeServer,
+  type InferenceEngineOptions,
+} from '@llmesh/inference'
 import { createTempDir, writeTinyGguf } from '@llmesh/testkit'
 import { LlamaCompletion } from 'node-llama-cpp'
 import { request } from 'undici'
@@ -28,6 +35,10 @@ const { values } = parseArgs({
     smoke: { type: 'boolean', default: false },
     /** Some of: throughput, concurrency, first-token, threads (a partial run writes nothing). */
     only: { type: 'string' },
+    /** cpu (default), cuda, vulkan, metal or auto. */
+    backend: { type: 'string', default: 'cpu' },
+    /** llama.cpp threads; default the engine's choice. */
+    threads: { type: 'string' },
   },
 })
 const sections = new Set(
@@ -37,6 +48,9 @@ const complete = values.only === undefined
 const smoke = values.smoke
 const runs = smoke ? 1 : Number(values.runs)
 const tokens = smoke ? 8 : Number(values.tokens)
+// One request's rate varies by a tenth from one run to the next (a fifth on the GPU machine), so
+// the engine-against-raw ratio needs many rounds; each is short.
+const throughputRounds = smoke ? 1 : Math.max(runs, 41)
 const prompt = 'hello world, the mesh of nodes'
 
 const median = (numbers: number[]) => {
@@ -47,67 +61,91 @@ const median = (numbers: number[]) => {
 
 await using directory = await createTempDir()
 const model = await writeTinyGguf(join(directory.path, 'bigger.gguf'), smoke ? 'tiny' : 'bigger')
-const engine = await createInferenceEngine({ backend: 'cpu' })
+const engine = await createInferenceEngine({
+  backend: values.backend as InferenceEngineOptions['backend'],
+  ...(values.threads === undefined ? {} : { threads: Number(values.threads) }),
+})
 const threads = engine.threads
+const onGpu = engine.backend !== 'cpu'
+const gpuLayers = onGpu ? 'max' : 0
+const hardware = await engine.hardware()
+// A point of the curve takes seconds on the CPU and a fraction of one on a GPU.
+const concurrencyRuns = smoke ? 1 : onGpu ? 9 : Math.min(runs, 3)
 console.log(
-  `model ${(model.size / 1024 / 1024).toFixed(1)} MiB, ${threads} thread(s), ${cpus().length} cores`,
+  `model ${(model.size / 1024 / 1024).toFixed(1)} MiB, ${threads} thread(s), ${cpus().length} cores, backend ${engine.backend} ${hardware.devices.join(', ')}`,
 )
 
 /** 1. Engine against raw node-llama-cpp. */
 async function measureThroughput() {
-  const rawModel = await engine.llama.loadModel({ modelPath: model.path, gpuLayers: 0 })
+  const rawModel = await engine.llama.loadModel({ modelPath: model.path, gpuLayers })
   const rawContext = await rawModel.createContext({ contextSize: 512, sequences: 1, threads })
   const rawSequence = rawContext.getSequence()
-  const loaded = await engine.loadModel(model.path, { contextSize: 512, slots: 1 })
-  const rawRates: number[] = []
-  const engineRates: number[] = []
-  const measureRaw = async () => {
+  const loaded = await engine.loadModel(model.path, { contextSize: 512, slots: 1, gpuLayers })
+  const layersOffloaded = loaded.model.gpuLayers
+  const totalLayers = loaded.model.fileInsights.totalLayers
+  // The anchor streams the answer's text as the engine does (`onTextChunk`, which detokenizes
+  // each token); the bare token loop (`onToken`) is measured too, to show what streaming text costs.
+  const measureRaw = async (streamText: boolean) => {
     // A fresh LlamaCompletion each time, as the engine makes one per request.
     const completion = new LlamaCompletion({ contextSequence: rawSequence })
-    let generated = 0
+    const before = rawSequence.tokenMeter.getState()
     const started = performance.now()
     await completion.generateCompletion(prompt, {
       maxTokens: tokens,
       temperature: 0,
-      onToken: (chunk) => {
-        generated += chunk.length
-      },
+      ...(streamText ? { onTextChunk: () => {} } : { onToken: () => {} }),
     })
+    const seconds = (performance.now() - started) / 1000
     completion.dispose({ disposeSequence: false })
-    return generated / ((performance.now() - started) / 1000)
+    return rawSequence.tokenMeter.diff(before).usedOutputTokens / seconds
   }
   const measureEngine = async () => {
     const started = performance.now()
     const result = await loaded.complete(prompt, { maxTokens: tokens, temperature: 0 }).result
     return result.usage.completionTokens / ((performance.now() - started) / 1000)
   }
-  // The first pair warms both up; the order alternates so that neither always runs second.
-  for (let run = 0; run < runs + 1; run++) {
-    const rawFirst = run % 2 === 0
-    const first = await (rawFirst ? measureRaw() : measureEngine())
-    const second = await (rawFirst ? measureEngine() : measureRaw())
-    if (run === 0) continue
-    rawRates.push(rawFirst ? first : second)
-    engineRates.push(rawFirst ? second : first)
+  const measures = {
+    raw: () => measureRaw(true),
+    engine: measureEngine,
+    rawTokensOnly: () => measureRaw(false),
+  }
+  const rates: Record<keyof typeof measures, number[]> = { raw: [], engine: [], rawTokensOnly: [] }
+  const order = Object.keys(measures) as Array<keyof typeof measures>
+  // The first round warms all three up; the order rotates so that none always runs first.
+  for (let run = 0; run < throughputRounds + 1; run++) {
+    for (let step = 0; step < order.length; step++) {
+      const name = order[(run + step) % order.length]!
+      const rate = await measures[name]()
+      if (run > 0) rates[name].push(rate)
+    }
   }
   await loaded.dispose()
   await rawContext.dispose()
   await rawModel.dispose()
   return {
-    rawTokensPerSecond: median(rawRates),
-    engineTokensPerSecond: median(engineRates),
-    ratio: median(engineRates) / median(rawRates),
-    runs: { raw: rawRates, engine: engineRates },
+    rawTokensPerSecond: median(rates.raw),
+    engineTokensPerSecond: median(rates.engine),
+    rawTokensOnlyPerSecond: median(rates.rawTokensOnly),
+    // Each round's engine rate over the raw rate of the same round: the machine's speed drifts
+    // during a run (on a GPU both fell by a fifth over 7 rounds), and a round shares the drift.
+    ratio: median(rates.engine.map((rate, index) => rate / rates.raw[index]!)),
+    layersOffloaded,
+    totalLayers,
+    runs: rates,
   }
 }
 
 /** 2. Concurrency curve on one model with 8 slots. */
 async function measureConcurrency() {
-  const concurrentModel = await engine.loadModel(model.path, { contextSize: 512, slots: 8 })
+  const concurrentModel = await engine.loadModel(model.path, {
+    contextSize: 512,
+    slots: 8,
+    gpuLayers,
+  })
   const curve: Array<{ concurrent: number; tokensPerSecond: number }> = []
   for (const concurrent of smoke ? [1, 2] : [1, 2, 3, 4, 5, 6, 7, 8]) {
     const rates: number[] = []
-    for (let run = 0; run < Math.max(1, Math.min(runs, 3)); run++) {
+    for (let run = 0; run < concurrencyRuns; run++) {
       const started = performance.now()
       const results = await Promise.all(
         Array.from(
@@ -133,7 +171,7 @@ async function measureConcurrency() {
 
 /** 3. Time to first token: HTTP against in-process, interleaved. */
 async function measureFirstToken() {
-  const pool = createModelPool({ engine, contextSize: 512, slots: 1 })
+  const pool = createModelPool({ engine, contextSize: 512, slots: 1, gpuLayers })
   const server = createNodeServer({ pool, models: [model.path] })
   await server.ready
   const listening = await server.listen()
@@ -201,7 +239,8 @@ const concurrency = sections.has('concurrency') ? await measureConcurrency() : u
 console.log('2. concurrency', concurrency)
 const firstToken = sections.has('first-token') ? await measureFirstToken() : undefined
 console.log('3. time to first token', firstToken)
-const libraryDefault = sections.has('threads') && !smoke ? await measureLibraryDefault() : undefined
+const libraryDefault =
+  sections.has('threads') && !smoke && !onGpu ? await measureLibraryDefault() : undefined
 console.log('4. library default threads', libraryDefault)
 await engine.dispose()
 
@@ -210,6 +249,9 @@ const results = {
   cpu: cpus()[0]?.model.trim(),
   cores: cpus().length,
   node: process.version,
+  backend: engine.backend,
+  devices: hardware.devices,
+  vramBytes: hardware.vram.totalBytes,
   modelBytes: model.size,
   tokens,
   threads,
@@ -226,7 +268,7 @@ const table = [
   ...(throughput === undefined
     ? []
     : [
-        `| generation, 1 request (${tokens} tokens) | ${number(throughput.engineTokensPerSecond)} tok/s | raw node-llama-cpp ${number(throughput.rawTokensPerSecond)} tok/s | ${number(throughput.ratio, 3)} | ≥ 0.97 |`,
+        `| generation, 1 request (${tokens} tokens) | ${number(throughput.engineTokensPerSecond)} tok/s | raw node-llama-cpp ${number(throughput.rawTokensPerSecond)} tok/s (tokens only: ${number(throughput.rawTokensOnlyPerSecond)}) | ${number(throughput.ratio, 3)} | ≥ 0.97 |`,
       ]),
   ...(concurrency === undefined
     ? []
@@ -257,14 +299,21 @@ console.log(table)
 if (!smoke && complete && throughput && concurrency && firstToken) {
   const resultsFolder = new URL('./results/', import.meta.url).pathname
   await mkdir(resultsFolder, { recursive: true })
-  await writeFile(join(resultsFolder, 'inference.json'), `${JSON.stringify(results, null, 2)}\n`)
+  await writeFile(
+    join(resultsFolder, onGpu ? `inference-${engine.backend}.json` : 'inference.json'),
+    `${JSON.stringify(results, null, 2)}\n`,
+  )
+  const machine = onGpu
+    ? `${engine.backend.toUpperCase()} backend on ${hardware.devices.join(', ')} (${(hardware.vram.totalBytes / 1024 ** 3).toFixed(0)} GiB), ${throughput.layersOffloaded} of ${throughput.totalLayers} layers offloaded, ${threads} CPU thread(s) of ${results.cores} cores`
+    : `${results.cores} cores (${results.cpu}), CPU backend`
   const readme = new URL('../README.md', import.meta.url).pathname
   const text = await readFile(readme, 'utf8').catch(() => '')
-  const start = '<!-- bench:inference:start -->'
-  const end = '<!-- bench:inference:end -->'
+  const section = onGpu ? 'bench:inference-gpu' : 'bench:inference'
+  const start = `<!-- ${section}:start -->`
+  const end = `<!-- ${section}:end -->`
   if (text.includes(start))
     await writeFile(
       readme,
-      `${text.slice(0, text.indexOf(start) + start.length)}\n${table}\n\nMeasured ${results.date} on ${results.cores} cores (${results.cpu}), CPU backend, Node ${process.version}, the testkit's \`bigger\` model (${(model.size / 1024 / 1024).toFixed(0)} MiB), medians of ${runs} runs (${firstToken.runs} for time to first token). Reproduce: \`pnpm --filter @llmesh/inference bench\`.\n${text.slice(text.indexOf(end))}`,
+      `${text.slice(0, text.indexOf(start) + start.length)}\n${table}\n\nMeasured ${results.date} with the ${machine}, Node ${process.version}, the testkit's \`bigger\` model (${(model.size / 1024 / 1024).toFixed(0)} MiB), medians of ${throughputRounds} rounds for generation, ${concurrencyRuns} runs per point of the curve, ${firstToken.runs} for time to first token. Reproduce: \`pnpm --filter @llmesh/inference bench${onGpu ? ` --backend ${engine.backend}` : ''}\`.\n${text.slice(text.indexOf(end))}`,
     )
 }
