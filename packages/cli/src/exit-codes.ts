@@ -5,7 +5,7 @@ import { ManifestError, SignatureError } from '@llmesh/manifest'
  * What `llmesh` exit codes mean, so scripts can branch on them:
  * 0 success; 1 an unexpected failure; 2 wrong usage (unknown command, missing option);
  * 3 invalid input (a manifest, key, option or GGUF file that does not validate); 4 a signature,
- * integrity check or smoke test failed; 130 cancelled (Ctrl-C).
+ * integrity check, smoke test or decode check (`llmesh doctor`) failed; 130 cancelled (Ctrl-C).
  */
 export const exitCodes = {
   success: 0,
@@ -23,7 +23,8 @@ export function exitCodeFor(error: unknown): number {
     LlmeshError.isInstance(error) &&
     (error.code === 'LLMESH_CHECKSUM_MISMATCH' ||
       error.code === 'LLMESH_STORE_DAMAGED' ||
-      error.code === 'LLMESH_SMOKE_TEST_FAILED')
+      error.code === 'LLMESH_SMOKE_TEST_FAILED' ||
+      error.code === 'LLMESH_BACKEND_CHECK_FAILED')
   )
     return exitCodes.verificationFailed
   if (

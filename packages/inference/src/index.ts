@@ -21,6 +21,13 @@
  * ```
  */
 export {
+  type BackendCheck,
+  type BackendCheckFailed,
+  type BackendCheckPassed,
+  type CheckBackendOptions,
+  checkBackend,
+} from './backend-check.js'
+export {
   type Backend,
   createInferenceEngine,
   defaultThreadCount,

@@ -1,5 +1,7 @@
+import { writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { Readable } from 'node:stream'
+import { pathToFileURL } from 'node:url'
 import { ModelStore } from '@llmesh/downloader'
 import { createTempDir, startMirror, type TempDir, writeTinyGguf } from '@llmesh/testkit'
 import OpenAI from 'openai'
@@ -159,13 +161,55 @@ describe('llmesh run, chat, serve and doctor', () => {
     }
   })
 
-  it('reports the machine and the store', async () => {
+  it('reports the machine and the store, and decodes on the backend in a child process', async () => {
     const result = await llmesh('doctor', '--backend', 'cpu', '--store', at('store'), '--json')
     expect(result.code).toBe(0)
     const report = JSON.parse(result.out)
     expect(report.hardware.backend).toBe('cpu')
     expect(report.hardware.ram.totalBytes).toBeGreaterThan(0)
+    expect(report.check).toMatchObject({ ok: true, backend: 'cpu', layersOffloaded: 0 })
+    expect(report.check.tokens).toBeGreaterThan(0)
     expect(report.store.models).toBe(1)
     expect(report.store.statuses).toEqual({ available: 1 })
+
+    const unchecked = await llmesh(
+      'doctor',
+      '--backend',
+      'cpu',
+      '--store',
+      at('store'),
+      '--no-check',
+    )
+    expect(unchecked.code).toBe(0)
+    expect(unchecked.out).not.toMatch(/^decode/m)
+  })
+
+  it("exits 4 with llama.cpp's words when the backend cannot decode", async () => {
+    // A stand-in for llama.cpp aborting the check's child, as a CUDA build that does not fit the
+    // driver does. The variable reaches only processes started from here, and node-llama-cpp
+    // starts some of its own, so the stand-in acts in the check's child alone.
+    const abort = at('aborts.mjs')
+    await writeFile(
+      abort,
+      [
+        "if (process.argv[1]?.endsWith('backend-check-child.js')) {",
+        "  process.stderr.write('llama.cpp error: CUDA error: no kernel image is available for execution on the device\\n')",
+        "  process.kill(process.pid, 'SIGABRT')",
+        '}',
+      ].join('\n'),
+    )
+    const before = process.env.NODE_OPTIONS
+    process.env.NODE_OPTIONS = `--import=${pathToFileURL(abort).href}`
+    try {
+      const result = await llmesh('doctor', '--backend', 'cpu', '--store', at('store'))
+      expect(result.code).toBe(exitCodes.verificationFailed)
+      expect(result.out).toMatch(
+        /^decode +FAILED: llama\.cpp ended the check process \(SIGABRT\) on the cpu backend: CUDA error: no kernel image/m,
+      )
+      expect(result.err).toMatch(/could not decode on the cpu backend/)
+    } finally {
+      if (before === undefined) delete process.env.NODE_OPTIONS
+      else process.env.NODE_OPTIONS = before
+    }
   })
 })

@@ -2,12 +2,15 @@
  * `llmesh run`, `chat`, `serve` and `doctor`: the inference package on the command line.
  */
 import { statfs } from 'node:fs/promises'
+import { join } from 'node:path'
 import { createInterface } from 'node:readline'
 import { LlmeshError } from '@llmesh/core'
 import type { ModelStore } from '@llmesh/downloader'
 import {
   type Backend,
+  type BackendCheck,
   type ChatMessage,
+  checkBackend,
   createInferenceEngine,
   createModelPool,
   createNodeServer,
@@ -18,6 +21,7 @@ import {
   runSmokeTest,
   storeModelResolver,
 } from '@llmesh/inference'
+import { createTempDir, writeTinyGguf } from '@llmesh/testkit'
 import bytes from 'bytes'
 import { type Command, Option } from 'commander'
 import type { CommandContext } from '../program.js'
@@ -256,17 +260,26 @@ export function registerInferenceCommands(program: Command, context: CommandCont
   withStore(
     program
       .command('doctor')
-      .description('what this machine can run: backend, devices, memory, CPU, and the store')
+      .description(
+        'what this machine can run: backend, devices, memory, CPU and the store, and a decode on the backend in a child process',
+      )
       .addOption(
         new Option('--backend <backend>', 'llama.cpp backend to try')
           .choices(['auto', 'cpu', 'cuda', 'vulkan', 'metal'])
           .default('auto'),
+      )
+      .option(
+        '--no-check',
+        'skip the decode check (a tiny model loaded and run in a child process)',
       ),
-  ).action(async (options: { store?: string; backend: 'auto' | Backend }) =>
+  ).action(async (options: { store?: string; backend: 'auto' | Backend; check: boolean }) =>
     withOpenStore(options, async (store) => {
       const engine = await createInferenceEngine({ backend: options.backend })
+      let check: BackendCheck | undefined
       try {
         const hardware = await engine.hardware()
+        // The check asks for the backend the engine took, so that `auto` checks what serving uses.
+        check = options.check ? await decodeCheck(hardware.backend) : undefined
         const usage = await store.usage()
         const disk = await statfs(store.root)
         const models = store.list()
@@ -274,6 +287,7 @@ export function registerInferenceCommands(program: Command, context: CommandCont
         for (const model of models) statuses[model.status] = (statuses[model.status] ?? 0) + 1
         const report = {
           hardware,
+          ...(check === undefined ? {} : { check }),
           node: process.version,
           store: {
             root: store.root,
@@ -288,6 +302,7 @@ export function registerInferenceCommands(program: Command, context: CommandCont
           report,
           [
             `backend      ${hardware.backend}${hardware.devices.length > 0 ? ` (${hardware.devices.join(', ')})` : ''}`,
+            ...(check === undefined ? [] : [`decode       ${describeCheck(check)}`]),
             `VRAM         ${hardware.backend === 'cpu' ? 'none' : `${size(hardware.vram.freeBytes)} free of ${size(hardware.vram.totalBytes)}`}`,
             `RAM          ${size(hardware.ram.freeBytes)} free of ${size(hardware.ram.totalBytes)}`,
             `CPU          ${hardware.cpu.model}, ${hardware.cpu.logicalCores} logical cores, ${hardware.cpu.mathCores} for math`,
@@ -308,8 +323,26 @@ export function registerInferenceCommands(program: Command, context: CommandCont
       } finally {
         await engine.dispose()
       }
+      if (check?.ok === false)
+        throw new LlmeshError({
+          code: 'LLMESH_BACKEND_CHECK_FAILED',
+          message: `llama.cpp could not decode on the ${options.backend === 'auto' ? 'chosen' : options.backend} backend: ${check.reason}`,
+        })
     }),
   )
+
+  async function decodeCheck(backend: Backend): Promise<BackendCheck> {
+    await using directory = await createTempDir('llmesh-doctor-')
+    const model = await writeTinyGguf(join(directory.path, 'tiny.gguf'))
+    // Awaited here: the model file must outlive the check, and the folder goes when this returns.
+    return await checkBackend({ modelPath: model.path, backend, signal: context.signal })
+  }
+}
+
+function describeCheck(check: BackendCheck): string {
+  return check.ok
+    ? `passed: ${check.tokens} tokens at ${Math.round(check.tokensPerSecond)} tok/s on ${check.backend}${check.backend === 'cpu' ? '' : ` (${check.layersOffloaded} layers offloaded)`}, ${check.seconds.toFixed(1)} s in all`
+    : `FAILED: ${check.reason}`
 }
 
 function samplingOf(options: SamplingFlags, signal: AbortSignal) {
