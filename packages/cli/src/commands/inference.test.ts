@@ -151,6 +151,7 @@ describe('llmesh run, chat, serve and doctor', () => {
     expect(answer.usage!.completion_tokens).toBe(3)
     stop.abort()
     expect(await serving).toBe(0)
+    expect(io.out()).toContain('"event":"backend-check","ok":true,"backend":"cpu"')
     expect(io.out()).toContain('"event":"smoke-test"')
 
     const reopened = await ModelStore.open({ root: store })
@@ -184,32 +185,54 @@ describe('llmesh run, chat, serve and doctor', () => {
     expect(unchecked.out).not.toMatch(/^decode/m)
   })
 
-  it("exits 4 with llama.cpp's words when the backend cannot decode", async () => {
-    // A stand-in for llama.cpp aborting the check's child, as a CUDA build that does not fit the
-    // driver does. The variable reaches only processes started from here, and node-llama-cpp
-    // starts some of its own, so the stand-in acts in the check's child alone.
-    const abort = at('aborts.mjs')
-    await writeFile(
-      abort,
-      [
-        "if (process.argv[1]?.endsWith('backend-check-child.js')) {",
-        "  process.stderr.write('llama.cpp error: CUDA error: no kernel image is available for execution on the device\\n')",
-        "  process.kill(process.pid, 'SIGABRT')",
-        '}',
-      ].join('\n'),
-    )
-    const before = process.env.NODE_OPTIONS
-    process.env.NODE_OPTIONS = `--import=${pathToFileURL(abort).href}`
-    try {
+  it("exits 4 with llama.cpp's words when the backend cannot decode, before serving", async () => {
+    await withDecodeAborting(async () => {
       const result = await llmesh('doctor', '--backend', 'cpu', '--store', at('store'))
       expect(result.code).toBe(exitCodes.verificationFailed)
       expect(result.out).toMatch(
         /^decode +FAILED: llama\.cpp ended the check process \(SIGABRT\) on the cpu backend: CUDA error: no kernel image/m,
       )
       expect(result.err).toMatch(/could not decode on the cpu backend/)
-    } finally {
-      if (before === undefined) delete process.env.NODE_OPTIONS
-      else process.env.NODE_OPTIONS = before
-    }
+
+      const serve = await llmesh(
+        'serve',
+        '--models',
+        'acme/served',
+        '--port',
+        '0',
+        '--store',
+        at('store'),
+        ...cpu,
+      )
+      expect(serve.code).toBe(exitCodes.verificationFailed)
+      expect(serve.err).toMatch(/could not decode on the cpu backend: .*CUDA error/)
+      expect(serve.err).not.toMatch(/serving/)
+    })
   })
 })
+
+/**
+ * Runs `body` while the backend check's child dies as llama.cpp makes it die with a CUDA build
+ * that does not fit the driver. The variable reaches only processes started from here, and
+ * node-llama-cpp starts some of its own, so the stand-in acts in the check's child alone.
+ */
+async function withDecodeAborting(body: () => Promise<void>): Promise<void> {
+  const abort = at('aborts.mjs')
+  await writeFile(
+    abort,
+    [
+      "if (process.argv[1]?.endsWith('backend-check-child.js')) {",
+      "  process.stderr.write('llama.cpp error: CUDA error: no kernel image is available for execution on the device\\n')",
+      "  process.kill(process.pid, 'SIGABRT')",
+      '}',
+    ].join('\n'),
+  )
+  const before = process.env.NODE_OPTIONS
+  process.env.NODE_OPTIONS = `--import=${pathToFileURL(abort).href}`
+  try {
+    await body()
+  } finally {
+    if (before === undefined) delete process.env.NODE_OPTIONS
+    else process.env.NODE_OPTIONS = before
+  }
+}

@@ -2,15 +2,12 @@
  * `llmesh run`, `chat`, `serve` and `doctor`: the inference package on the command line.
  */
 import { statfs } from 'node:fs/promises'
-import { join } from 'node:path'
 import { createInterface } from 'node:readline'
 import { LlmeshError } from '@llmesh/core'
 import type { ModelStore } from '@llmesh/downloader'
 import {
   type Backend,
-  type BackendCheck,
   type ChatMessage,
-  checkBackend,
   createInferenceEngine,
   createModelPool,
   createNodeServer,
@@ -21,10 +18,10 @@ import {
   runSmokeTest,
   storeModelResolver,
 } from '@llmesh/inference'
-import { createTempDir, writeTinyGguf } from '@llmesh/testkit'
 import bytes from 'bytes'
 import { type Command, Option } from 'commander'
 import type { CommandContext } from '../program.js'
+import { checkDecodes, describeCheck, requirePassed } from './backend-check.js'
 import { parseByteSize, parseInteger } from './option-parsers.js'
 import { withOpenStore, withStore } from './store.js'
 
@@ -203,9 +200,10 @@ export function registerInferenceCommands(program: Command, context: CommandCont
         parseByteSize,
       )
       .option('--keep-alive <seconds>', 'unload a model idle this long', parseInteger)
+      .option('--skip-smoke-test', 'serve models whose smoke test has not passed (not recommended)')
       .option(
-        '--skip-smoke-test',
-        'serve models whose smoke test has not passed (not recommended)',
+        '--no-check',
+        'skip the decode check before serving (a tiny model run on the backend in a child process)',
       ),
   ).action(
     async (
@@ -218,10 +216,22 @@ export function registerInferenceCommands(program: Command, context: CommandCont
         memoryBudget?: number
         keepAlive?: number
         skipSmokeTest?: boolean
+        check: boolean
       },
     ) =>
-      withPool(options, async (pool, store) => {
+      withPool(options, async (pool, store, engine) => {
         const output = context.output()
+        if (options.check) {
+          // A GPU build that does not fit the driver would abort this process at the first
+          // decode, smoke tests included; in a child it is an error with llama.cpp's reason.
+          const check = await checkDecodes(engine.backend, {
+            threads: options.threads,
+            signal: context.signal,
+          })
+          output.line({ event: 'backend-check', ...check })
+          output.info(`decode check: ${describeCheck(check)}`)
+          requirePassed(check, engine.backend)
+        }
         const models = options.models.flatMap((entry) => entry.split(',')).filter(Boolean)
         const serving: string[] = []
         for (const model of models) {
@@ -275,11 +285,12 @@ export function registerInferenceCommands(program: Command, context: CommandCont
   ).action(async (options: { store?: string; backend: 'auto' | Backend; check: boolean }) =>
     withOpenStore(options, async (store) => {
       const engine = await createInferenceEngine({ backend: options.backend })
-      let check: BackendCheck | undefined
       try {
         const hardware = await engine.hardware()
         // The check asks for the backend the engine took, so that `auto` checks what serving uses.
-        check = options.check ? await decodeCheck(hardware.backend) : undefined
+        const check = options.check
+          ? await checkDecodes(hardware.backend, { signal: context.signal })
+          : undefined
         const usage = await store.usage()
         const disk = await statfs(store.root)
         const models = store.list()
@@ -320,29 +331,12 @@ export function registerInferenceCommands(program: Command, context: CommandCont
             `blobs        ${size(usage.blobBytes)}, ${size(disk.bavail * disk.bsize)} free on disk`,
           ].join('\n'),
         )
+        if (check !== undefined) requirePassed(check, hardware.backend)
       } finally {
         await engine.dispose()
       }
-      if (check?.ok === false)
-        throw new LlmeshError({
-          code: 'LLMESH_BACKEND_CHECK_FAILED',
-          message: `llama.cpp could not decode on the ${options.backend === 'auto' ? 'chosen' : options.backend} backend: ${check.reason}`,
-        })
     }),
   )
-
-  async function decodeCheck(backend: Backend): Promise<BackendCheck> {
-    await using directory = await createTempDir('llmesh-doctor-')
-    const model = await writeTinyGguf(join(directory.path, 'tiny.gguf'))
-    // Awaited here: the model file must outlive the check, and the folder goes when this returns.
-    return await checkBackend({ modelPath: model.path, backend, signal: context.signal })
-  }
-}
-
-function describeCheck(check: BackendCheck): string {
-  return check.ok
-    ? `passed: ${check.tokens} tokens at ${Math.round(check.tokensPerSecond)} tok/s on ${check.backend}${check.backend === 'cpu' ? '' : ` (${check.layersOffloaded} layers offloaded)`}, ${check.seconds.toFixed(1)} s in all`
-    : `FAILED: ${check.reason}`
 }
 
 function samplingOf(options: SamplingFlags, signal: AbortSignal) {

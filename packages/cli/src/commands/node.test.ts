@@ -115,6 +115,7 @@ describe('llmesh node', () => {
         peerId,
         models: [expect.objectContaining({ id: 'acme/tiny', digest: model.sha256 })],
       })
+      expect(io.out()).toContain('"event":"backend-check","ok":true')
       expect(io.out()).toContain('"event":"smoke-test","model":"acme/tiny","passed":true')
     } finally {
       stop.abort()

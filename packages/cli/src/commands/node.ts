@@ -28,6 +28,7 @@ import type { Command } from 'commander'
 import { parse as parseYaml } from 'yaml'
 import { z } from 'zod'
 import type { CommandContext } from '../program.js'
+import { checkDecodes, describeCheck, requirePassed } from './backend-check.js'
 
 /** The node's configuration file (YAML or JSON); paths in it are relative to the file. */
 export const nodeConfigSchema = z.strictObject({
@@ -54,6 +55,8 @@ export const nodeConfigSchema = z.strictObject({
       threads: z.number().int().positive().optional(),
       memoryBudgetBytes: z.number().int().positive().optional(),
       keepAliveSeconds: z.number().positive().optional(),
+      /** Decode a tiny model on the backend in a child process before serving (see `llmesh doctor`). */
+      check: z.boolean().default(true),
     })
     .prefault({}),
   registry: z
@@ -199,6 +202,15 @@ export function registerNodeCommands(program: Command, context: CommandContext):
           ...(config.inference.threads === undefined ? {} : { threads: config.inference.threads }),
         })
         stops.unshift(() => engine.dispose())
+        if (config.inference.check) {
+          const check = await checkDecodes(engine.backend, {
+            threads: config.inference.threads,
+            signal: context.signal,
+          })
+          output.line({ event: 'backend-check', ...check })
+          output.info(`decode check: ${describeCheck(check)}`)
+          requirePassed(check, engine.backend)
+        }
         const pool = createModelPool({
           engine,
           resolve: storeModelResolver(store),
