@@ -35,6 +35,10 @@ export function requirePassed(check: BackendCheck, backend: Backend): void {
   if (!check.ok)
     throw new LlmeshError({
       code: 'LLMESH_BACKEND_CHECK_FAILED',
-      message: `llama.cpp could not decode on the ${backend} backend: ${check.reason}`,
+      message: `llama.cpp could not decode on the ${backend} backend: ${check.reason}${
+        backend === 'cpu'
+          ? ''
+          : ` Use --backend cpu (inference.backend in a node's config) to run on the CPU, or build llama.cpp for this machine: npx --no node-llama-cpp source download --gpu ${backend}.`
+      }`,
     })
 }
