@@ -22,12 +22,16 @@ export const processIo: CommandIo = {
 
 /** Prints a command's result: one JSON document with `--json`, else the human text. */
 export class Output {
+  /** A command that printed its result and then fails (a report of damage) keeps stdout one document. */
+  private resultPrinted = false
+
   constructor(
     readonly io: CommandIo,
     readonly json: boolean,
   ) {}
 
   result(value: unknown, human: string): void {
+    this.resultPrinted = true
     this.io.stdout(this.json ? `${JSON.stringify(value, null, 2)}\n` : `${human}\n`)
   }
 
@@ -43,7 +47,10 @@ export class Output {
 
   error(error: unknown): void {
     const described = describeError(error)
-    if (this.json) this.io.stdout(`${JSON.stringify({ error: described }, null, 2)}\n`)
+    if (this.json)
+      (this.resultPrinted ? this.io.stderr : this.io.stdout)(
+        `${JSON.stringify({ error: described }, null, 2)}\n`,
+      )
     else {
       this.io.stderr(`error: ${described.message}\n`)
       const issues = (described as { issues?: Array<{ path: string; message: string }> }).issues

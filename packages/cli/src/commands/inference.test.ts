@@ -194,6 +194,12 @@ describe('llmesh run, chat, serve and doctor', () => {
       )
       expect(result.err).toMatch(/could not decode on the cpu backend/)
 
+      // With --json, stdout stays one document (the report) and the error goes to stderr.
+      const json = await llmesh('doctor', '--backend', 'cpu', '--store', at('store'), '--json')
+      expect(json.code).toBe(exitCodes.verificationFailed)
+      expect(JSON.parse(json.out).check).toMatchObject({ ok: false })
+      expect(JSON.parse(json.err).error.code).toBe('LLMESH_BACKEND_CHECK_FAILED')
+
       const serve = await llmesh(
         'serve',
         '--models',
