@@ -6,7 +6,8 @@
 import { format } from 'node:util'
 import { LlmeshError, type Logger } from '@llmesh/core'
 import type { BackendCheckReport, BackendCheckRequest } from './backend-check.js'
-import { createInferenceEngine } from './engine.js'
+import { createInferenceEngine, type InferenceEngine } from './engine.js'
+import type { LoadedModel } from './loaded-model.js'
 
 const request = JSON.parse(process.argv[2] ?? '{}') as BackendCheckRequest
 const toStderr = (formatter: string, ...args: unknown[]) => {
@@ -21,14 +22,16 @@ const logger = Object.assign(toStderr, {
 
 const report = (outcome: BackendCheckReport) => process.stdout.write(`${JSON.stringify(outcome)}\n`)
 
+let engine: InferenceEngine | undefined
+let model: LoadedModel | undefined
 try {
-  const engine = await createInferenceEngine({
+  engine = await createInferenceEngine({
     backend: request.backend,
     ...(request.threads === undefined ? {} : { threads: request.threads }),
     logger,
   })
   const hardware = await engine.hardware()
-  const model = await engine.loadModel(request.modelPath, {
+  model = await engine.loadModel(request.modelPath, {
     contextSize: 256,
     slots: 1,
     gpuLayers: 'max',
@@ -42,12 +45,14 @@ try {
     tokens: result.usage.completionTokens,
     tokensPerSecond: result.timings.tokensPerSecond,
   })
-  await model.dispose()
-  await engine.dispose()
 } catch (error) {
   report({
     ok: false,
     reason: error instanceof Error ? error.message : String(error),
     code: LlmeshError.isInstance(error) ? error.code : undefined,
   })
+} finally {
+  // Freed on every path, so that nothing of llama.cpp keeps the process from ending.
+  await model?.dispose()
+  await engine?.dispose()
 }

@@ -6,6 +6,7 @@
  * becomes a report.
  */
 import { spawn } from 'node:child_process'
+import { fileURLToPath } from 'node:url'
 import { AbortedError, createLogger, throwIfAborted } from '@llmesh/core'
 import type { Backend } from './engine.js'
 
@@ -83,7 +84,7 @@ export async function checkBackend(options: CheckBackendOptions): Promise<Backen
   const seconds = () => (performance.now() - started) / 1000
   log('checking %s with %s', request.backend, request.modelPath)
   return new Promise<BackendCheck>((resolve, reject) => {
-    const checker = spawn(process.execPath, [childModule.pathname, JSON.stringify(request)], {
+    const checker = spawn(process.execPath, [fileURLToPath(childModule), JSON.stringify(request)], {
       env: options.env ?? process.env,
       stdio: ['ignore', 'pipe', 'pipe'],
     })
@@ -102,55 +103,45 @@ export async function checkBackend(options: CheckBackendOptions): Promise<Backen
     }, timeoutMs)
     const onAbort = () => checker.kill('SIGKILL')
     options.signal?.addEventListener('abort', onAbort, { once: true })
-    const finish = (check: BackendCheck) => {
-      log('%s: %s', request.backend, check.ok ? 'passed' : check.reason)
-      resolve(check)
-    }
-    checker.on('error', (error) => {
-      clearTimeout(timer)
-      options.signal?.removeEventListener('abort', onAbort)
-      finish(failed(`The check process could not start: ${error.message}`, undefined, stderr))
-    })
-    checker.on('close', (exitCode, signal) => {
+    let settled = false
+    const settle = (outcome: () => BackendCheck) => {
+      if (settled) return
+      settled = true
       clearTimeout(timer)
       options.signal?.removeEventListener('abort', onAbort)
       if (options.signal?.aborted) {
         reject(new AbortedError({ message: 'The backend check was cancelled.' }))
         return
       }
-      if (timedOut) {
-        finish(
-          failed(
-            `The ${request.backend} backend did not load and decode ${request.tokens} tokens within ${timeoutMs / 1000} s.`,
-            undefined,
-            stderr,
-          ),
-        )
-        return
-      }
-      const report = lastReport(stdout)
-      if (report === undefined) {
-        const how = signal === null ? `exit code ${exitCode}` : signal
-        const cause = abortCause(stderr)
-        finish(
-          failed(
-            `llama.cpp ended the check process (${how}) on the ${request.backend} backend${cause === undefined ? '' : `: ${cause}`}`,
-            undefined,
-            stderr,
-          ),
-        )
-        return
-      }
-      finish(
-        report.ok
-          ? { ...report, seconds: seconds() }
-          : failed(report.reason, report.code ?? undefined, stderr),
-      )
-    })
-
-    function failed(reason: string, code: string | undefined, output: string): BackendCheckFailed {
-      return { ok: false, reason, code, output, seconds: seconds() }
+      const check = outcome()
+      log('%s: %s', request.backend, check.ok ? 'passed' : check.reason)
+      resolve(check)
     }
+    const failed = (reason: string, code?: string): BackendCheckFailed => ({
+      ok: false,
+      reason,
+      code,
+      output: stderr,
+      seconds: seconds(),
+    })
+    checker.on('error', (error) =>
+      settle(() => failed(`The check process could not start: ${error.message}`)),
+    )
+    checker.on('close', (exitCode, signal) =>
+      settle(() => {
+        if (timedOut)
+          return failed(
+            `The ${request.backend} backend did not load and decode ${request.tokens} tokens within ${timeoutMs / 1000} s.`,
+          )
+        const report = lastReport(stdout)
+        if (report?.ok === true) return { ...report, seconds: seconds() }
+        if (report !== undefined) return failed(report.reason, report.code ?? undefined)
+        const cause = abortCause(stderr)
+        return failed(
+          `llama.cpp ended the check process (${signal ?? `exit code ${exitCode}`}) on the ${request.backend} backend${cause === undefined ? '' : `: ${cause}`}`,
+        )
+      }),
+    )
   })
 }
 
