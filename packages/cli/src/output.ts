@@ -24,6 +24,8 @@ export const processIo: CommandIo = {
 export class Output {
   /** A command that printed its result and then fails (a report of damage) keeps stdout one document. */
   private resultPrinted = false
+  /** A command that streams JSON lines ends a failure with one more line. */
+  private linesPrinted = false
 
   constructor(
     readonly io: CommandIo,
@@ -37,7 +39,9 @@ export class Output {
 
   /** One compact JSON line on stdout (`--json` streams of events); nothing in human mode. */
   line(value: unknown): void {
-    if (this.json) this.io.stdout(`${JSON.stringify(value)}\n`)
+    if (!this.json) return
+    this.linesPrinted = true
+    this.io.stdout(`${JSON.stringify(value)}\n`)
   }
 
   /** A message for the person at the terminal; silent in JSON mode so that stdout stays parseable. */
@@ -47,10 +51,11 @@ export class Output {
 
   error(error: unknown): void {
     const described = describeError(error)
-    if (this.json)
-      (this.resultPrinted ? this.io.stderr : this.io.stdout)(
-        `${JSON.stringify({ error: described }, null, 2)}\n`,
-      )
+    if (this.json && this.resultPrinted)
+      this.io.stderr(`${JSON.stringify({ error: described }, null, 2)}\n`)
+    else if (this.json && this.linesPrinted)
+      this.io.stdout(`${JSON.stringify({ error: described })}\n`)
+    else if (this.json) this.io.stdout(`${JSON.stringify({ error: described }, null, 2)}\n`)
     else {
       this.io.stderr(`error: ${described.message}\n`)
       const issues = (described as { issues?: Array<{ path: string; message: string }> }).issues

@@ -213,6 +213,25 @@ describe('llmesh run, chat, serve and doctor', () => {
       expect(serve.code).toBe(exitCodes.verificationFailed)
       expect(serve.err).toMatch(/could not decode on the cpu backend: .*CUDA error/)
       expect(serve.err).not.toMatch(/serving/)
+
+      // With --json, serve streams JSON lines, and the failure is one more line.
+      const lines = await llmesh(
+        'serve',
+        '--models',
+        'acme/served',
+        '--port',
+        '0',
+        '--store',
+        at('store'),
+        '--json',
+        ...cpu,
+      )
+      const events = lines.out
+        .trim()
+        .split('\n')
+        .map((line) => JSON.parse(line))
+      expect(events[0]).toMatchObject({ event: 'backend-check', ok: false })
+      expect(events.at(-1).error.code).toBe('LLMESH_BACKEND_CHECK_FAILED')
     })
   })
 })
