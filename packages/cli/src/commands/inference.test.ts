@@ -200,7 +200,7 @@ describe('llmesh run, chat, serve and doctor', () => {
       expect(JSON.parse(json.out).check).toMatchObject({ ok: false })
       expect(JSON.parse(json.err).error.code).toBe('LLMESH_BACKEND_CHECK_FAILED')
 
-      const serve = await llmesh(
+      const serveArguments = [
         'serve',
         '--models',
         'acme/served',
@@ -208,24 +208,14 @@ describe('llmesh run, chat, serve and doctor', () => {
         '0',
         '--store',
         at('store'),
-        ...cpu,
-      )
+      ]
+      const serve = await llmesh(...serveArguments, ...cpu)
       expect(serve.code).toBe(exitCodes.verificationFailed)
       expect(serve.err).toMatch(/could not decode on the cpu backend: .*CUDA error/)
       expect(serve.err).not.toMatch(/serving/)
 
       // With --json, serve streams JSON lines, and the failure is one more line.
-      const lines = await llmesh(
-        'serve',
-        '--models',
-        'acme/served',
-        '--port',
-        '0',
-        '--store',
-        at('store'),
-        '--json',
-        ...cpu,
-      )
+      const lines = await llmesh(...serveArguments, '--json', ...cpu)
       const events = lines.out
         .trim()
         .split('\n')
