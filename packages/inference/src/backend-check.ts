@@ -135,7 +135,7 @@ export async function checkBackend(options: CheckBackendOptions): Promise<Backen
           )
         const report = lastReport(stdout)
         if (report?.ok === true) return { ...report, seconds: seconds() }
-        if (report !== undefined) return failed(report.reason, report.code ?? undefined)
+        if (report !== undefined) return failed(report.reason, report.code)
         const cause = abortCause(stderr)
         return failed(
           `llama.cpp ended the check process (${signal ?? `exit code ${exitCode}`}) on the ${request.backend} backend${cause === undefined ? '' : `: ${cause}`}`,

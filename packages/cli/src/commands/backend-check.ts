@@ -8,6 +8,7 @@ import { join } from 'node:path'
 import { LlmeshError } from '@llmesh/core'
 import { type Backend, type BackendCheck, checkBackend } from '@llmesh/inference'
 import { createTempDir, writeTinyGguf } from '@llmesh/testkit'
+import type { Output } from '../output.js'
 
 export async function checkDecodes(
   backend: Backend,
@@ -41,4 +42,15 @@ export function requirePassed(check: BackendCheck, backend: Backend): void {
           : ` Use --backend cpu (inference.backend in a node's config) to run on the CPU, or build llama.cpp for this machine: npx --no node-llama-cpp source download --gpu ${backend}.`
       }`,
     })
+}
+
+/** What `serve` and `node` do before their smoke tests: check, tell, and stop when it failed. */
+export async function requireDecodes(
+  backend: Backend,
+  options: { threads?: number | undefined; signal: AbortSignal; output: Output },
+): Promise<void> {
+  const check = await checkDecodes(backend, options)
+  options.output.line({ event: 'backend-check', ...check })
+  options.output.info(`decode check: ${describeCheck(check)}`)
+  requirePassed(check, backend)
 }

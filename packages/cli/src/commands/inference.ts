@@ -21,7 +21,7 @@ import {
 import bytes from 'bytes'
 import { type Command, Option } from 'commander'
 import type { CommandContext } from '../program.js'
-import { checkDecodes, describeCheck, requirePassed } from './backend-check.js'
+import { checkDecodes, describeCheck, requireDecodes, requirePassed } from './backend-check.js'
 import { parseByteSize, parseInteger } from './option-parsers.js'
 import { withOpenStore, withStore } from './store.js'
 
@@ -224,13 +224,11 @@ export function registerInferenceCommands(program: Command, context: CommandCont
         if (options.check) {
           // A GPU build that does not fit the driver would abort this process at the first
           // decode, smoke tests included; in a child it is an error with llama.cpp's reason.
-          const check = await checkDecodes(engine.backend, {
+          await requireDecodes(engine.backend, {
             threads: options.threads,
             signal: context.signal,
+            output,
           })
-          output.line({ event: 'backend-check', ...check })
-          output.info(`decode check: ${describeCheck(check)}`)
-          requirePassed(check, engine.backend)
         }
         const models = options.models.flatMap((entry) => entry.split(',')).filter(Boolean)
         const serving: string[] = []

@@ -28,7 +28,7 @@ import type { Command } from 'commander'
 import { parse as parseYaml } from 'yaml'
 import { z } from 'zod'
 import type { CommandContext } from '../program.js'
-import { checkDecodes, describeCheck, requirePassed } from './backend-check.js'
+import { requireDecodes } from './backend-check.js'
 
 /** The node's configuration file (YAML or JSON); paths in it are relative to the file. */
 export const nodeConfigSchema = z.strictObject({
@@ -203,13 +203,11 @@ export function registerNodeCommands(program: Command, context: CommandContext):
         })
         stops.unshift(() => engine.dispose())
         if (config.inference.check) {
-          const check = await checkDecodes(engine.backend, {
+          await requireDecodes(engine.backend, {
             threads: config.inference.threads,
             signal: context.signal,
+            output,
           })
-          output.line({ event: 'backend-check', ...check })
-          output.info(`decode check: ${describeCheck(check)}`)
-          requirePassed(check, engine.backend)
         }
         const pool = createModelPool({
           engine,
