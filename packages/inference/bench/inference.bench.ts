@@ -1,17 +1,18 @@
 /**
- * Inference figures on the testkit's `bigger` model (about 70 MB, F16), each against its anchor in
- * the same run:
+ * Inference figures on a testkit model (`bigger`, about 70 MB in F16, unless `--model large`, about
+ * 2 GB, for a GPU), each against its anchor in the same run:
  *   1. tokens per second through llmesh's engine against raw node-llama-cpp (LlamaCompletion on
  *      a context of its own), same file, same thread count, runs interleaved;
  *   2. aggregate tokens per second of 1 to 8 concurrent requests on one loaded model;
  *   3. time to first token through the HTTP server (undici, streaming) against in-process;
  *   4. node-llama-cpp's default thread count against llmesh's choice (a child process).
  *
- *   node bench/inference.bench.ts [--runs 5] [--tokens 128] [--smoke] [--backend cuda]
+ *   node bench/inference.bench.ts [--runs 5] [--tokens 128] [--smoke] [--backend cuda] [--model large]
  *
  * Writes bench/results/inference.json and the table in README.md (not in --smoke mode). With a GPU
  * backend every layer is offloaded, figure 4 (a CPU matter) is left out, and the figures go to
- * bench/results/inference-<backend>.json and the README's GPU table.
+ * bench/results/inference-<backend>.json and the README's GPU table; with `--model large`, to
+ * files and tables of their own (`-large`).
  */
 import { execFile } from 'node:child_process'
 import { mkdir, readFile, writeFile } from 'node:fs/promises'
@@ -24,7 +25,12 @@ import {
   createNodeServer,
   type InferenceEngineOptions,
 } from '@llmesh/inference'
-import { createTempDir, writeTinyGguf } from '@llmesh/testkit'
+import {
+  createTempDir,
+  type TinyModelPreset,
+  tinyModelPresets,
+  writeTinyGguf,
+} from '@llmesh/testkit'
 import { LlamaCompletion } from 'node-llama-cpp'
 import { request } from 'undici'
 
@@ -39,8 +45,13 @@ const { values } = parseArgs({
     backend: { type: 'string', default: 'cpu' },
     /** llama.cpp threads; default the engine's choice. */
     threads: { type: 'string' },
+    /** The testkit preset to measure: bigger (default) or large. */
+    model: { type: 'string', default: 'bigger' },
   },
 })
+if (!(values.model in tinyModelPresets) || values.model === 'tiny')
+  throw new Error(`--model must be bigger or large, not "${values.model}"`)
+const preset = values.model as TinyModelPreset
 const sections = new Set(
   values.only?.split(',') ?? ['throughput', 'concurrency', 'first-token', 'threads'],
 )
@@ -60,7 +71,7 @@ const median = (numbers: number[]) => {
 }
 
 await using directory = await createTempDir()
-const model = await writeTinyGguf(join(directory.path, 'bigger.gguf'), smoke ? 'tiny' : 'bigger')
+const model = await writeTinyGguf(join(directory.path, `${preset}.gguf`), smoke ? 'tiny' : preset)
 const engine = await createInferenceEngine({
   backend: values.backend as InferenceEngineOptions['backend'],
   ...(values.threads === undefined ? {} : { threads: Number(values.threads) }),
@@ -299,21 +310,22 @@ console.log(table)
 if (!smoke && complete && throughput && concurrency && firstToken) {
   const resultsFolder = new URL('./results/', import.meta.url).pathname
   await mkdir(resultsFolder, { recursive: true })
+  const suffix = `${onGpu ? `-${engine.backend}` : ''}${preset === 'bigger' ? '' : `-${preset}`}`
   await writeFile(
-    join(resultsFolder, onGpu ? `inference-${engine.backend}.json` : 'inference.json'),
-    `${JSON.stringify(results, null, 2)}\n`,
+    join(resultsFolder, `inference${suffix}.json`),
+    `${JSON.stringify({ ...results, model: preset }, null, 2)}\n`,
   )
   const machine = onGpu
     ? `${engine.backend.toUpperCase()} backend on ${hardware.devices.join(', ')} (${(hardware.vram.totalBytes / 1024 ** 3).toFixed(0)} GiB), ${throughput.layersOffloaded} of ${throughput.totalLayers} layers offloaded, ${threads} CPU thread(s) of ${results.cores} cores`
     : `${results.cores} cores (${results.cpu}), CPU backend`
   const readme = new URL('../README.md', import.meta.url).pathname
   const text = await readFile(readme, 'utf8').catch(() => '')
-  const section = onGpu ? 'bench:inference-gpu' : 'bench:inference'
+  const section = `bench:inference${onGpu ? '-gpu' : ''}${preset === 'bigger' ? '' : `-${preset}`}`
   const start = `<!-- ${section}:start -->`
   const end = `<!-- ${section}:end -->`
   if (text.includes(start))
     await writeFile(
       readme,
-      `${text.slice(0, text.indexOf(start) + start.length)}\n${table}\n\nMeasured ${results.date} with the ${machine}, Node ${process.version}, the testkit's \`bigger\` model (${(model.size / 1024 / 1024).toFixed(0)} MiB), medians of ${throughputRounds} rounds for generation, ${concurrencyRuns} runs per point of the curve, ${firstToken.runs} for time to first token. Reproduce: \`pnpm --filter @llmesh/inference bench${onGpu ? ` --backend ${engine.backend}` : ''}\`.\n${text.slice(text.indexOf(end))}`,
+      `${text.slice(0, text.indexOf(start) + start.length)}\n${table}\n\nMeasured ${results.date} with the ${machine}, Node ${process.version}, the testkit's \`${preset}\` model (${(model.size / 1024 / 1024).toFixed(0)} MiB), medians of ${throughputRounds} rounds for generation, ${concurrencyRuns} runs per point of the curve, ${firstToken.runs} for time to first token. Reproduce: \`pnpm --filter @llmesh/inference bench${onGpu ? ` --backend ${engine.backend}` : ''}${preset === 'bigger' ? '' : ` --model ${preset}`}\`.\n${text.slice(text.indexOf(end))}`,
     )
 }

@@ -5,6 +5,7 @@
 import { cpus, freemem, totalmem } from 'node:os'
 import { createLogger, type Logger, throwIfAborted } from '@llmesh/core'
 import { GgufInsights, getLlama, type Llama, LlamaLogLevel } from 'node-llama-cpp'
+import { BatchOrder } from './batch-order.js'
 import { InferenceError } from './errors.js'
 import { type ValidatedGguf, validateGguf } from './gguf-validation.js'
 import { LoadedModel } from './loaded-model.js'
@@ -170,10 +171,12 @@ export class InferenceEngine {
       throw loadFailure(name, gguf.path, error)
     }
     try {
+      const batchOrder = new BatchOrder()
       const context = await model.createContext({
         contextSize,
         sequences: slots,
         threads: this.threads,
+        batching: { itemPrioritizationStrategy: batchOrder.strategy },
       })
       this.log(
         '%s: loaded in %d ms, %d of %d layers on %s, %d slots of %d tokens',
@@ -190,6 +193,7 @@ export class InferenceEngine {
         model,
         context,
         maxQueue: options.maxQueue ?? 16,
+        batchOrder,
         logger: this.log,
       })
     } catch (error) {

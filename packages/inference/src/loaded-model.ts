@@ -3,7 +3,8 @@
  * requests waiting for a slot, and chat and text completion as `Generation`s.
  *
  * Requests on different sequences of one context are decoded in the same batch by
- * node-llama-cpp, so four concurrent requests cost far less than four times one.
+ * node-llama-cpp, in sequence order (see batch-order.ts), so four concurrent requests cost far
+ * less than four times one where a decode step is not already bound by arithmetic.
  */
 import { EventEmitter } from 'node:events'
 import { AbortedError, createLogger, type Logger } from '@llmesh/core'
@@ -16,7 +17,9 @@ import {
   type LlamaContextSequence,
   type LlamaModel,
   resolveChatWrapper,
+  type Token,
 } from 'node-llama-cpp'
+import type { BatchOrder } from './batch-order.js'
 import { InferenceError } from './errors.js'
 import { type FinishReason, Generation, type GenerationResult } from './generation.js'
 
@@ -60,6 +63,8 @@ export interface LoadedModelOptions {
   context: LlamaContext
   /** Requests that may wait for a slot; one more is refused as busy. */
   maxQueue: number
+  /** The context's batch order (its `itemPrioritizationStrategy`), told each token given. */
+  batchOrder?: BatchOrder
   logger?: Logger
 }
 
@@ -74,7 +79,11 @@ export class LoadedModel {
   readonly context: LlamaContext
   /** `generation-end` (GenerationEndEvent) after every generation; `idle` when the last one ends. */
   readonly events = new EventEmitter<{ 'generation-end': [GenerationEndEvent]; idle: [] }>()
+  /** Free sequences, highest id first: `pop()` hands out the lowest, which keeps ids in use consecutive. */
   private readonly free: LlamaContextSequence[] = []
+  /** A fresh context numbers its sequences 0, 1, 2… in the order `getSequence()` hands them out. */
+  private readonly sequenceIds = new Map<LlamaContextSequence, number>()
+  private readonly batchOrder: BatchOrder | undefined
   private readonly waiters: Waiter[] = []
   private readonly maxQueue: number
   private readonly log: Logger
@@ -89,7 +98,12 @@ export class LoadedModel {
     this.context = options.context
     this.maxQueue = options.maxQueue
     this.log = options.logger ?? createLogger('inference:model')
-    while (this.context.sequencesLeft > 0) this.free.push(this.context.getSequence())
+    this.batchOrder = options.batchOrder
+    while (this.context.sequencesLeft > 0) {
+      const sequence = this.context.getSequence()
+      this.sequenceIds.set(sequence, this.sequenceIds.size)
+      this.free.unshift(sequence)
+    }
   }
 
   /** Tokens one request may hold: prompt and answer together. */
@@ -121,6 +135,7 @@ export class LoadedModel {
         const response = await completion.generateCompletionWithMeta(prompt, {
           ...this.sampling(options, promptTokens),
           onTextChunk,
+          onToken: this.tokenListener(sequence),
         })
         return { text: response.response, stopReason: response.metadata.stopReason, promptTokens }
       } finally {
@@ -152,6 +167,7 @@ export class LoadedModel {
         const response = await chat.generateResponse(history, {
           ...this.sampling(options, promptTokens),
           onTextChunk,
+          onToken: this.tokenListener(sequence),
         })
         return { text: response.response, stopReason: response.metadata.stopReason, promptTokens }
       } finally {
@@ -178,6 +194,15 @@ export class LoadedModel {
 
   private get addsBos(): boolean {
     return this.model.tokens.shouldPrependBosToken
+  }
+
+  /** Tells the batch order which token the sequence's next decode carries. */
+  private tokenListener(sequence: LlamaContextSequence): (tokens: Token[]) => void {
+    const sequenceId = this.sequenceIds.get(sequence)!
+    return (tokens) => {
+      const last = tokens.at(-1)
+      if (last !== undefined) this.batchOrder?.tokenGiven(sequenceId, last)
+    }
   }
 
   private checkFits(promptTokens: number): void {
@@ -315,10 +340,14 @@ export class LoadedModel {
   }
 
   private release(sequence: LlamaContextSequence): void {
+    this.batchOrder?.forget(this.sequenceIds.get(sequence)!)
     const waiter = this.waiters.shift()
     if (waiter !== undefined) waiter.resolve(sequence)
     else {
       this.free.push(sequence)
+      this.free.sort(
+        (first, second) => this.sequenceIds.get(second)! - this.sequenceIds.get(first)!,
+      )
       if (this.inFlight === 0) this.events.emit('idle')
     }
   }

@@ -4,7 +4,7 @@ import { join } from 'node:path'
 import { InvalidArgumentError } from '@llmesh/core'
 import { getLlama, type Llama, LlamaCompletion, readGgufFileInfo } from 'node-llama-cpp'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { tinyGgufBytes, toHalf, writeTinyGguf } from './gguf-writer.js'
+import { resolveTinyModelOptions, tinyGgufBytes, toHalf, writeTinyGguf } from './gguf-writer.js'
 import { createTempDir, type TempDir } from './temp-dir.js'
 
 let directory: TempDir
@@ -113,6 +113,21 @@ describe('writeTinyGguf', () => {
     expect((info.metadata as unknown as { llama: Record<string, unknown> }).llama.block_count).toBe(
       8,
     )
+  })
+
+  it('has a large preset of about a billion parameters for GPU benchmarks', () => {
+    // Writing it takes a minute and 2 GB, so this checks its shape, not its bytes.
+    const options = resolveTinyModelOptions('large')
+    const { embeddingLength, feedForwardLength, layers, vocabularySize } = options
+    const kvLength = (embeddingLength / options.headCount) * options.headCountKv!
+    const perLayer =
+      2 * embeddingLength * embeddingLength +
+      2 * embeddingLength * kvLength +
+      3 * embeddingLength * feedForwardLength
+    const parameters = layers * perLayer + 2 * embeddingLength * vocabularySize
+    expect(parameters).toBeGreaterThan(0.9e9)
+    expect(parameters).toBeLessThan(1.2e9)
+    expect(options.type).toBe('f16')
   })
 
   it('rejects options that would make an unloadable model', () => {

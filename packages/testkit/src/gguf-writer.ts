@@ -43,7 +43,12 @@ export const tinyModelOptionsSchema = z.strictObject({
 export type TinyModelOptions = z.input<typeof tinyModelOptionsSchema>
 export type ResolvedTinyModelOptions = z.output<typeof tinyModelOptionsSchema>
 
-/** Ready-made sizes: `tiny` (about 0.6 MB in F32) for tests, `bigger` (about 70 MB in F16) for benchmarks. */
+/**
+ * Ready-made sizes: `tiny` (about 0.6 MB in F32) for tests, `bigger` (about 70 MB in F16) for
+ * benchmarks on a CPU, and `large` (about 2 GB in F16, TinyLlama-1.1B's shape with a smaller
+ * vocabulary) for benchmarks on a GPU, where a smaller model's token costs less arithmetic than the
+ * fixed cost of a decode step.
+ */
 export const tinyModelPresets = {
   tiny: {},
   bigger: {
@@ -54,6 +59,17 @@ export const tinyModelPresets = {
     feedForwardLength: 1408,
     headCount: 8,
     vocabularySize: 8192,
+    contextLength: 2048,
+  },
+  large: {
+    name: 'llmesh-large-llama',
+    type: 'f16',
+    layers: 22,
+    embeddingLength: 2048,
+    feedForwardLength: 5632,
+    headCount: 32,
+    headCountKv: 4,
+    vocabularySize: 16384,
     contextLength: 2048,
   },
 } as const satisfies Record<string, TinyModelOptions>
