@@ -138,6 +138,35 @@ describe('InferenceEngine', () => {
     }
   })
 
+  it('decodes requests side by side, each as it would alone: lengths, prompts and a late arrival', async () => {
+    const model = await engine.loadModel(modelPath, { contextSize: 256, slots: 4 })
+    try {
+      // Requests that end at different steps, with different prompts, one of them a chat: the
+      // batch order holds each batch for the generations still running, and must never hold one
+      // for a generation that has ended.
+      const requests = [
+        () => model.complete('hello', { maxTokens: 3, temperature: 0 }),
+        () => model.complete('the mesh of nodes', { maxTokens: 24, temperature: 0 }),
+        () => model.complete('a model is a token', { maxTokens: 11, temperature: 0 }),
+        () => model.chat([{ role: 'user', content: 'hello world' }], { maxTokens: 17 }),
+      ]
+      const alone = []
+      for (const request of requests.slice(0, 3)) alone.push(await request().result)
+      const together = requests.map((request) => request())
+      // A fifth request arrives while the others generate, and waits for the first free slot.
+      const late = model.complete('hello', { maxTokens: 5, temperature: 0 })
+      const results = await Promise.all([...together, late].map((generation) => generation.result))
+      expect(results.slice(0, 3).map((result) => result.text)).toEqual(
+        alone.map((result) => result.text),
+      )
+      expect(results.map((result) => result.usage.completionTokens)).toEqual([3, 24, 11, 17, 5])
+      expect(results[4]!.text.startsWith(alone[0]!.text)).toBe(true)
+      expect(model.statistics).toMatchObject({ inFlight: 0, queued: 0 })
+    } finally {
+      await model.dispose()
+    }
+  })
+
   it('refuses a prompt longer than the context with a typed error', async () => {
     const model = await engine.loadModel(modelPath, { contextSize: 32, slots: 1 })
     try {
