@@ -31,7 +31,10 @@ describe('BatchOrder', () => {
     const third = item(7)
     const lowest = item(9)
     const batch = order.strategy({ items: [first, second, third, lowest], size: 512 })
-    expect(batch.map((entry) => entry.item)).toEqual([lowest, first, second, third])
+    const ordered = batch.map((entry) => entry.item)
+    expect(ordered).toHaveLength(4)
+    for (const [index, expected] of [lowest, first, second, third].entries())
+      expect(ordered[index]).toBe(expected)
   })
 
   it('holds the batch until every generation has queued its token', () => {

@@ -64,7 +64,7 @@ export interface LoadedModelOptions {
   /** Requests that may wait for a slot; one more is refused as busy. */
   maxQueue: number
   /** The context's batch order (its `itemPrioritizationStrategy`), told each token given. */
-  batchOrder?: BatchOrder
+  batchOrder: BatchOrder
   logger?: Logger
 }
 
@@ -83,7 +83,7 @@ export class LoadedModel {
   private readonly free: LlamaContextSequence[] = []
   /** A fresh context numbers its sequences 0, 1, 2… in the order `getSequence()` hands them out. */
   private readonly sequenceIds = new Map<LlamaContextSequence, number>()
-  private readonly batchOrder: BatchOrder | undefined
+  private readonly batchOrder: BatchOrder
   private readonly waiters: Waiter[] = []
   private readonly maxQueue: number
   private readonly log: Logger
@@ -201,7 +201,7 @@ export class LoadedModel {
     const sequenceId = this.sequenceIds.get(sequence)!
     return (tokens) => {
       const last = tokens.at(-1)
-      if (last !== undefined) this.batchOrder?.tokenGiven(sequenceId, last)
+      if (last !== undefined) this.batchOrder.tokenGiven(sequenceId, last)
     }
   }
 
@@ -340,7 +340,7 @@ export class LoadedModel {
   }
 
   private release(sequence: LlamaContextSequence): void {
-    this.batchOrder?.forget(this.sequenceIds.get(sequence)!)
+    this.batchOrder.forget(this.sequenceIds.get(sequence)!)
     const waiter = this.waiters.shift()
     if (waiter !== undefined) waiter.resolve(sequence)
     else {
