@@ -15,7 +15,6 @@
  * - The file's verified pieces are journaled, so a download killed at any point resumes without
  *   fetching them again; the node serves them to others while it downloads.
  */
-import { type FileHandle, open } from 'node:fs/promises'
 import {
   anySignal,
   createLogger,
@@ -25,7 +24,7 @@ import {
   sleep,
   throwIfAborted,
 } from '@llmesh/core'
-import { Journal } from '@llmesh/downloader'
+import { Journal, PieceFile } from '@llmesh/downloader'
 import { PieceIndex, type PieceIndexDocument } from '@llmesh/manifest'
 import { Bitfield } from './bitfield.js'
 import { PeerError } from './errors.js'
@@ -121,16 +120,16 @@ export async function downloadFromPeers(
     key: digest,
     verification: 'pieces',
   })
-  const file: FileHandle = await open(path, (await exists(path)) ? 'r+' : 'w+')
-  await file.truncate(pieceIndex.size)
+  const file = await PieceFile.open(path, {
+    size: pieceIndex.size,
+    pieceSize: pieceIndex.pieceSize,
+  })
   const have = new Bitfield(pieces)
   // Pieces journaled by an earlier run are read back and checked, so that the file needs no
   // whole-file pass at the end: every piece of it was verified against the piece index.
   for (const index of journal.pieces) {
     const { start, end } = pieceIndex.range(index)
-    const bytes = Buffer.allocUnsafe(end - start)
-    const { bytesRead } = await file.read(bytes, 0, bytes.length, start)
-    if (bytesRead === bytes.length && pieceIndex.verifyPiece(index, bytes)) have.set(index)
+    if (pieceIndex.verifyPiece(index, await file.read(end - start, start))) have.set(index)
   }
   const resumedPieces = have.count
   let succeeded = false
@@ -157,14 +156,6 @@ export async function downloadFromPeers(
     failuresInARow: 0,
     piecesServed: 0,
   }))
-  // One write at a time: writes to one file take its inode lock in turn anyway, and threads that
-  // wait for it spin on a CPU the download needs.
-  let lastWrite: Promise<unknown> = Promise.resolve()
-  const writeInTurn = (bytes: Uint8Array[], position: number) => {
-    const write = lastWrite.then(() => file.writev(bytes, position))
-    lastWrite = write.catch(() => {})
-    return write
-  }
   const requests = new Map<number, Request[]>()
   const writing = new Set<number>()
   const banned: SwarmDownloadResult['banned'] = []
@@ -254,22 +245,29 @@ export async function downloadFromPeers(
     const timeout = AbortSignal.timeout(pieceTimeoutMs)
     node
       .piece(peer.address, digest, index, { signal: anySignal(signal, controller.signal, timeout) })
-      .then(async (bytes) => {
+      .then(async (chunks) => {
+        // Copied into a buffer that the file writes from (see PieceFile), then verified there.
+        const bytes = await file.stage(chunks, signal)
+        const { start, end } = pieceIndex.range(index)
         // Verified even when another copy came first: a liar is caught by any bad piece it sends.
-        if (!pieceIndex.verifyPiece(index, bytes)) {
+        if (
+          bytes.byteLength !== end - start ||
+          !Buffer.from(await file.sha256(bytes)).equals(pieceIndex.hashOf(index))
+        ) {
+          file.release(bytes)
           wastedPieces++
           ban(peer, 'sent a piece that failed verification', index)
           return
         }
         if (have.has(index) || writing.has(index)) {
+          file.release(bytes)
           wastedPieces++
           return
         }
         // Claimed before the first await, so that an endgame duplicate is counted as waste, once.
         writing.add(index)
-        const { start } = pieceIndex.range(index)
         try {
-          await writeInTurn(bytes, start)
+          await file.write(bytes, start)
           await journal.append(index)
         } catch (error) {
           // The disk failed (full, say), not the peer: the download stops with the disk's error,
@@ -401,14 +399,5 @@ export async function downloadFromPeers(
     piecesByPeer,
     wastedPieces,
     banned,
-  }
-}
-
-async function exists(path: string): Promise<boolean> {
-  try {
-    await (await open(path, 'r')).close()
-    return true
-  } catch {
-    return false
   }
 }
