@@ -376,7 +376,12 @@ export class PeerNode {
         cause: error,
       })
     }
-    const messages = lpStream(stream, { maxDataLength: MAX_MESSAGE_BYTES })
+    // The read buffer holds a whole message and its length prefix: libp2p's default (4 MiB) would
+    // refuse pieces of 4 MiB and more, the default piece size of files over 8 GiB.
+    const messages = lpStream(stream, {
+      maxDataLength: MAX_MESSAGE_BYTES,
+      maxBufferSize: MAX_MESSAGE_BYTES + 16,
+    })
     try {
       await messages.write(encodeJson(request), options)
       const answer = parseAnswer(schema, await messages.read(options), peerIdOf(peer))

@@ -86,6 +86,8 @@ interface PeerState {
   banned: boolean
   unavailableUntil: number
   failuresInARow: number
+  /** Why its last request failed, for the error a stalled download ends with. */
+  lastFailure?: string
   piecesServed: number
 }
 
@@ -230,7 +232,12 @@ export async function downloadFromPeers(
         new PeerError({
           code: 'LLMESH_SWARM_EXHAUSTED',
           digest,
-          message: `No peer delivered a piece of ${digest} for ${stallTimeoutMs / 1000} s; ${have.count} of ${pieces} pieces are verified and kept for a resume. Banned: ${banned.map((entry) => `${entry.peer} (${entry.reason})`).join(', ') || 'none'}.`,
+          message: `No peer delivered a piece of ${digest} for ${stallTimeoutMs / 1000} s; ${have.count} of ${pieces} pieces are verified and kept for a resume. Banned: ${banned.map((entry) => `${entry.peer} (${entry.reason})`).join(', ') || 'none'}. Last failures: ${
+            peers
+              .filter((peer) => peer.lastFailure !== undefined)
+              .map((peer) => `${peer.id} (${peer.lastFailure})`)
+              .join(', ') || 'none'
+          }.`,
         }),
       )
   }
@@ -249,11 +256,19 @@ export async function downloadFromPeers(
         // Copied into a buffer that the file writes from (see PieceFile), then verified there.
         const bytes = await file.stage(chunks, signal)
         const { start, end } = pieceIndex.range(index)
+        let valid: boolean
+        try {
+          valid =
+            bytes.byteLength === end - start &&
+            Buffer.from(await file.sha256(bytes)).equals(pieceIndex.hashOf(index))
+        } catch (error) {
+          // The hashing thread failed: this node's fault, not the peer's.
+          file.release(bytes)
+          settle.reject(error)
+          return
+        }
         // Verified even when another copy came first: a liar is caught by any bad piece it sends.
-        if (
-          bytes.byteLength !== end - start ||
-          !Buffer.from(await file.sha256(bytes)).equals(pieceIndex.hashOf(index))
-        ) {
+        if (!valid) {
           file.release(bytes)
           wastedPieces++
           ban(peer, 'sent a piece that failed verification', index)
@@ -308,6 +323,7 @@ export async function downloadFromPeers(
           return
         }
         peer.failuresInARow++
+        peer.lastFailure = error instanceof Error ? error.message : String(error)
         if (timeout.aborted) {
           peer.window = 1
           peer.unavailableUntil = performance.now() + 10_000

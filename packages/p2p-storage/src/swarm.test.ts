@@ -100,6 +100,36 @@ describe('swarm download over real libp2p nodes', () => {
     expect(result.banned).toEqual([])
   })
 
+  it('moves pieces of 16 MiB, the default piece size of a 40 GB model', async () => {
+    // libp2p's default read buffer (4 MiB) refused any piece of 4 MiB or more.
+    const large = new Uint8Array(2 * 16 * 1024 * 1024 + 1000)
+    for (let offset = 0; offset < large.length; offset += 4096) large[offset] = offset % 251
+    const largePath = at('large-source')
+    await writeFile(largePath, large)
+    const created = await createManifest({
+      files: [{ file: largePath, path: 'large.gguf' }],
+      manifest: { id: 'acme/large', version: '1.0.0', license: { id: 'mit' } },
+      pieceSize: 16 * 1024 * 1024,
+    })
+    const largeIndex = created.pieceIndexes[0]!
+    const source = await node()
+    source.provider.serve(largeIndex.sha256, {
+      size: large.length,
+      pieceSize: largeIndex.pieceSize,
+      have: Bitfield.full(3),
+      path: largePath,
+    })
+    const path = at('large')
+    const result = await downloadFromPeers({
+      node: await node(),
+      peers: [source.addresses],
+      pieceIndex: largeIndex,
+      path,
+    })
+    expect(result.piecesByPeer).toEqual({ [source.peerId.toString()]: 3 })
+    expect(Buffer.from(await readFile(path)).equals(Buffer.from(large))).toBe(true)
+  })
+
   it('keeps downloads under the rate limits, over all peers and per peer', async () => {
     const seeds = [await seed(), await seed(), await seed()]
     const rate = 4 * 1024 * 1024
