@@ -45,6 +45,15 @@ import {
   pieceRequestSchema,
 } from './protocol.js'
 
+/** A stream and its length-prefixed reader and writer. */
+interface Channel {
+  stream: Stream
+  messages: LengthPrefixedStream<Stream>
+}
+
+/** Piece streams kept per peer for later requests, at most (a download keeps 16 in flight). */
+const MAX_KEPT_PIECE_STREAMS = 32
+
 export interface PeerNodeOptions {
   /** The store whose complete blobs this node seeds; its identity lives there too. */
   store?: ModelStore
@@ -98,6 +107,8 @@ export class PeerNode {
   private uploadsRunning = 0
   private readonly uploads: Bandwidth
   private readonly downloads: Bandwidth
+  /** Piece streams that delivered their piece, kept for the next request (by peer id). */
+  private readonly pieceStreams = new Map<string, Channel[]>()
 
   private constructor(
     readonly libp2p: Libp2p,
@@ -253,13 +264,7 @@ export class PeerNode {
     digest: string,
     options: { signal?: AbortSignal } = {},
   ): Promise<PeerHave> {
-    const { answer, stream } = await this.ask(
-      peer,
-      HAVE_PROTOCOL,
-      haveAnswerSchema,
-      { digest },
-      options,
-    )
+    const { answer, stream } = await this.ask(peer, HAVE_PROTOCOL, { digest }, options)
     await stream.close().catch(() => stream.abort(new Error('closed')))
     return {
       size: answer.size,
@@ -281,7 +286,6 @@ export class PeerNode {
     const { answer, stream, messages } = await this.ask(
       peer,
       HAVE_PROTOCOL,
-      haveAnswerSchema,
       { digest, watch: true },
       options,
     )
@@ -321,6 +325,9 @@ export class PeerNode {
    * Piece `index` of `digest` from a peer, unverified: the caller checks it against its piece
    * index. The bytes come in the chunks they arrived in, not joined into one buffer: a piece is
    * hashed and written from them as they are, which spares a copy and a large allocation per piece.
+   *
+   * A piece stream that delivered its piece is kept for the next request to the same peer, which
+   * spares a stream's opening, protocol negotiation (a round trip) and closing per piece.
    */
   async piece(
     peer: PeerAddress,
@@ -328,41 +335,67 @@ export class PeerNode {
     index: number,
     options: { signal?: AbortSignal } = {},
   ): Promise<Uint8Array[]> {
-    const { answer, stream, messages } = await this.ask(
-      peer,
-      PIECE_PROTOCOL,
-      pieceAnswerSchema,
-      { digest, index },
-      options,
-    )
-    try {
-      // Past the download rate, the piece waits in the stream's window, which stalls the sender.
-      await this.downloads.take(peerIdOf(peer), answer.length, options)
-      const bytes = await messages.read(options)
-      if (bytes.byteLength !== answer.length)
-        throw new PeerError({
-          code: 'LLMESH_PEER_PROTOCOL',
-          message: `announced ${answer.length} bytes and sent ${bytes.byteLength}`,
-          peer: peerIdOf(peer),
-          digest,
-        })
-      return [...bytes]
-    } catch (error) {
-      stream.abort(error instanceof Error ? error : new Error(String(error)))
-      throw error
-    } finally {
-      if (stream.status === 'open') await stream.close().catch(() => {})
+    const peerId = peerIdOf(peer)
+    let kept = this.takePieceStream(peerId)
+    while (true) {
+      const channel = kept ?? (await this.openStream(peer, PIECE_PROTOCOL, digest, options))
+      let answered = false
+      try {
+        await channel.messages.write(encodeJson({ digest, index }), options)
+        const answer = parseAnswer(pieceAnswerSchema, await channel.messages.read(options), peerId)
+        answered = true
+        if (answer.status === 'error')
+          throw new PeerError({ code: answer.code, message: answer.message, peer: peerId, digest })
+        // Past the download rate, the piece waits in the stream's window, which stalls the sender.
+        await this.downloads.take(peerId, answer.length, options)
+        const bytes = await channel.messages.read(options)
+        if (bytes.byteLength !== answer.length)
+          throw new PeerError({
+            code: 'LLMESH_PEER_PROTOCOL',
+            message: `announced ${answer.length} bytes and sent ${bytes.byteLength}`,
+            peer: peerId,
+            digest,
+          })
+        this.keepPieceStream(peerId, channel)
+        return [...bytes]
+      } catch (error) {
+        channel.stream.abort(error instanceof Error ? error : new Error(String(error)))
+        // A kept stream may have ended meanwhile (the peer restarted, or closed it when idle):
+        // the request goes again on a new one.
+        if (kept !== undefined && !answered && !options.signal?.aborted) {
+          kept = undefined
+          continue
+        }
+        throw error
+      }
     }
   }
 
-  /** Opens a stream, sends the request, and reads the answer's header; a refusal becomes a `PeerError`. */
-  private async ask<Schema extends typeof haveAnswerSchema | typeof pieceAnswerSchema>(
+  private takePieceStream(peerId: string): Channel | undefined {
+    const kept = this.pieceStreams.get(peerId)
+    while (kept !== undefined && kept.length > 0) {
+      const channel = kept.pop()!
+      if (channel.stream.status === 'open' && channel.stream.remoteWriteStatus === 'writable')
+        return channel
+      channel.stream.abort(new Error('ended while kept'))
+    }
+    return undefined
+  }
+
+  private keepPieceStream(peerId: string, channel: Channel): void {
+    const kept = this.pieceStreams.get(peerId) ?? []
+    this.pieceStreams.set(peerId, kept)
+    if (kept.length < MAX_KEPT_PIECE_STREAMS) kept.push(channel)
+    else void channel.stream.close().catch(() => {})
+  }
+
+  /** Opens a stream of `protocol` to a peer; a failure becomes `LLMESH_PEER_UNREACHABLE`. */
+  private async openStream(
     peer: PeerAddress,
     protocol: string,
-    schema: Schema,
-    request: { digest: string; index?: number; watch?: boolean },
+    digest: string,
     options: { signal?: AbortSignal },
-  ) {
+  ): Promise<Channel> {
     let stream: Stream
     try {
       stream = await this.libp2p.dialProtocol(dialable(peer), protocol, options)
@@ -372,7 +405,7 @@ export class PeerNode {
         code: 'LLMESH_PEER_UNREACHABLE',
         message: `could not open ${protocol} to peer ${peerIdOf(peer)}: ${error instanceof Error ? error.message : String(error)}`,
         peer: peerIdOf(peer),
-        digest: request.digest,
+        digest,
         cause: error,
       })
     }
@@ -382,9 +415,20 @@ export class PeerNode {
       maxDataLength: MAX_MESSAGE_BYTES,
       maxBufferSize: MAX_MESSAGE_BYTES + 16,
     })
+    return { stream, messages }
+  }
+
+  /** Opens a stream, sends the request, and reads the answer's header; a refusal becomes a `PeerError`. */
+  private async ask(
+    peer: PeerAddress,
+    protocol: string,
+    request: { digest: string; watch?: boolean },
+    options: { signal?: AbortSignal },
+  ) {
+    const { stream, messages } = await this.openStream(peer, protocol, request.digest, options)
     try {
       await messages.write(encodeJson(request), options)
-      const answer = parseAnswer(schema, await messages.read(options), peerIdOf(peer))
+      const answer = parseAnswer(haveAnswerSchema, await messages.read(options), peerIdOf(peer))
       if (answer.status === 'error')
         throw new PeerError({
           code: answer.code,
@@ -392,7 +436,7 @@ export class PeerNode {
           peer: peerIdOf(peer),
           digest: request.digest,
         })
-      return { answer: answer as Extract<typeof answer, { status: 'ok' }>, stream, messages }
+      return { answer, stream, messages }
     } catch (error) {
       stream.abort(error instanceof Error ? error : new Error(String(error)))
       throw error
@@ -429,6 +473,7 @@ export class PeerNode {
     }
   }
 
+  /** Answers the piece requests of one stream, one after another, until the asker closes it. */
   private async answerPiece(stream: Stream, connection: Connection): Promise<void> {
     const messages = lpStream(stream, { maxDataLength: 4096 })
     const peer = connection.remotePeer.toString()
@@ -437,35 +482,47 @@ export class PeerNode {
       await stream.close()
     }
     try {
-      const request = pieceRequestSchema.safeParse(parseJson((await messages.read()).subarray()))
-      if (!request.success)
-        return await refuse('LLMESH_PEER_PROTOCOL', 'a piece request is { digest, index }')
-      const { digest, index } = request.data
-      const blob = await this.provider.lookup(digest)
-      if (blob === undefined)
-        return await refuse('LLMESH_PEER_UNKNOWN_DIGEST', `this peer has no blob ${digest}`)
-      if (index >= blob.have.size)
-        return await refuse(
-          'LLMESH_PEER_OUT_OF_RANGE',
-          `piece ${index} of ${blob.have.size} does not exist`,
-        )
-      if (!blob.have.has(index))
-        return await refuse('LLMESH_PEER_PIECE_NOT_HELD', `piece ${index} is not verified here yet`)
-      const limit = this.options.limits?.concurrentUploads ?? 32
-      if (this.uploadsRunning >= limit)
-        return await refuse('LLMESH_PEER_BUSY', `${limit} uploads run already`)
-      this.uploadsRunning++
-      try {
-        const start = index * blob.pieceSize
-        const end = Math.min(blob.size, start + blob.pieceSize)
-        await this.uploads.take(peer, end - start)
-        const bytes = await blob.read(start, end)
-        await messages.write(encodeJson({ status: 'ok', length: bytes.byteLength }))
-        await messages.write(bytes)
-        this.uploaded.set(peer, (this.uploaded.get(peer) ?? 0) + bytes.byteLength)
-        await stream.close()
-      } finally {
-        this.uploadsRunning--
+      while (true) {
+        let message: Awaited<ReturnType<typeof messages.read>>
+        try {
+          message = await messages.read()
+        } catch (error) {
+          // The asker closed the stream between requests: it is done with it.
+          if (stream.remoteWriteStatus !== 'writable') return await stream.close()
+          throw error
+        }
+        const request = pieceRequestSchema.safeParse(parseJson(message.subarray()))
+        if (!request.success)
+          return await refuse('LLMESH_PEER_PROTOCOL', 'a piece request is { digest, index }')
+        const { digest, index } = request.data
+        const blob = await this.provider.lookup(digest)
+        if (blob === undefined)
+          return await refuse('LLMESH_PEER_UNKNOWN_DIGEST', `this peer has no blob ${digest}`)
+        if (index >= blob.have.size)
+          return await refuse(
+            'LLMESH_PEER_OUT_OF_RANGE',
+            `piece ${index} of ${blob.have.size} does not exist`,
+          )
+        if (!blob.have.has(index))
+          return await refuse(
+            'LLMESH_PEER_PIECE_NOT_HELD',
+            `piece ${index} is not verified here yet`,
+          )
+        const limit = this.options.limits?.concurrentUploads ?? 32
+        if (this.uploadsRunning >= limit)
+          return await refuse('LLMESH_PEER_BUSY', `${limit} uploads run already`)
+        this.uploadsRunning++
+        try {
+          const start = index * blob.pieceSize
+          const end = Math.min(blob.size, start + blob.pieceSize)
+          await this.uploads.take(peer, end - start)
+          const bytes = await blob.read(start, end)
+          await messages.write(encodeJson({ status: 'ok', length: bytes.byteLength }))
+          await messages.write(bytes)
+          this.uploaded.set(peer, (this.uploaded.get(peer) ?? 0) + bytes.byteLength)
+        } finally {
+          this.uploadsRunning--
+        }
       }
     } catch (error) {
       this.log('piece request from %s failed: %s', peer, String(error))
