@@ -369,6 +369,32 @@ describe('swarm download over real libp2p nodes', () => {
     expect(Buffer.concat(chunks).equals(blob.subarray(start, end))).toBe(true)
   })
 
+  it('carries one request after another on a kept piece stream, and replaces one that ended', async () => {
+    const server = await seed()
+    const client = await node()
+    const pieceStreams = () =>
+      server.libp2p
+        .getConnections()
+        .flatMap((connection) => connection.streams)
+        .filter((stream) => stream.protocol === '/llmesh/blob/piece/1.0.0')
+    for (const index of [0, 1, 2]) {
+      const chunks = await client.piece(server.addresses, pieceIndex.sha256, index)
+      expect(pieceIndex.verifyPiece(index, chunks)).toBe(true)
+    }
+    expect(pieceStreams()).toHaveLength(1)
+    // The kept stream ends with its connection: the next request goes on a new one.
+    await client.libp2p.hangUp(server.peerId)
+    const chunks = await client.piece(server.addresses, pieceIndex.sha256, 3)
+    expect(pieceIndex.verifyPiece(3, chunks)).toBe(true)
+    // A refusal ends its stream; the next request opens another and is served.
+    await expect(client.piece(server.addresses, pieceIndex.sha256, pieces)).rejects.toMatchObject({
+      code: 'LLMESH_PEER_OUT_OF_RANGE',
+    })
+    expect(
+      pieceIndex.verifyPiece(4, await client.piece(server.addresses, pieceIndex.sha256, 4)),
+    ).toBe(true)
+  })
+
   it('keeps peers with different private network keys apart', async () => {
     const key = createPrivateNetworkKey()
     const member = await seed({ privateNetworkKey: key })
