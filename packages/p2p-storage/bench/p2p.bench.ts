@@ -19,6 +19,7 @@ import { connect } from 'node:net'
 import { cpus, tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { parseArgs } from 'node:util'
+import { tuneHeapForTransfers } from '@llmesh/downloader'
 import { createManifest } from '@llmesh/manifest'
 import { createPeerNode } from '@llmesh/p2p-storage'
 import { multiaddr } from '@multiformats/multiaddr'
@@ -32,6 +33,8 @@ const { values } = parseArgs({
     runs: { type: 'string', default: '3' },
   },
 })
+// The bare libp2p stream's receiving end runs in this process: tuned as the peers are.
+tuneHeapForTransfers()
 const smoke = values.smoke
 const sizeMiB = smoke ? 16 : Number(values['size-mib'])
 const size = sizeMiB * 1024 * 1024
