@@ -4,7 +4,7 @@ import { createHash } from 'node:crypto'
  * verified in memory before it touches the disk, the whole-file sha256 computed on a worker in
  * the same pass, and a journal that lets the next run resume after a crash.
  */
-import { type FileHandle, open, rm, statfs } from 'node:fs/promises'
+import { rm, statfs } from 'node:fs/promises'
 import { dirname } from 'node:path'
 import {
   type AbortOptions,
@@ -21,6 +21,7 @@ import {
 import { defaultPieceSize, type PieceIndex, pieceCount, pieceRange } from '@llmesh/manifest'
 import { DownloadError, type SourceFailure, systemErrorCode } from './errors.js'
 import { Journal } from './journal.js'
+import { openPartialFile, writeAll } from './partial-files.js'
 import type { DownloadProgressEvent } from './progress.js'
 import { TokenBucket } from './token-bucket.js'
 import { type HasherMessage, PieceSlots, WholeFileHasher } from './whole-file-hasher.js'
@@ -64,26 +65,9 @@ export interface PartialFileSystem {
 
 export const nodeFileSystem: PartialFileSystem = {
   async openPartial(path) {
-    let handle: FileHandle
-    try {
-      handle = await open(path, 'r+')
-    } catch (error) {
-      if (systemErrorCode(error) !== 'ENOENT') throw error
-      handle = await open(path, 'w+')
-    }
+    const handle = await openPartialFile(path)
     return {
-      async write(bytes, position) {
-        let written = 0
-        while (written < bytes.byteLength) {
-          const { bytesWritten } = await handle.write(
-            bytes,
-            written,
-            bytes.byteLength - written,
-            position + written,
-          )
-          written += bytesWritten
-        }
-      },
+      write: (bytes, position) => writeAll(handle, bytes, position),
       sync: () => handle.sync(),
       close: () => handle.close(),
     }

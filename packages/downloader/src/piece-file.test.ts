@@ -112,8 +112,8 @@ describe('PieceFile', () => {
         pieceSize: PIECE,
         buffers: 1,
       })
-      await expect(file.stage([content.subarray(0, PIECE), Buffer.alloc(1)])).rejects.toThrow(
-        RangeError,
+      await expect(file.stage([content.subarray(0, PIECE), Buffer.alloc(1)])).rejects.toMatchObject(
+        { code: 'LLMESH_INVALID_ARGUMENT' },
       )
       const staged = await file.stage([content.subarray(0, PIECE)])
       expect(staged.byteLength).toBe(PIECE)

@@ -1,8 +1,9 @@
 import { constants } from 'node:fs'
 import { type FileHandle, open } from 'node:fs/promises'
 import { Worker } from 'node:worker_threads'
-import { abortReason, createLogger, throwIfAborted } from '@llmesh/core'
+import { abortReason, createLogger, InvalidArgumentError, throwIfAborted } from '@llmesh/core'
 import { systemErrorCode } from './errors.js'
+import { openPartialFile, writeAll } from './partial-files.js'
 
 /** What O_DIRECT asks of a write: its buffer's address, its length and its file offset aligned to this. */
 const DIRECT_ALIGNMENT = 4096
@@ -58,7 +59,7 @@ export class PieceFile {
   }
 
   static async open(path: string, options: PieceFileOptions): Promise<PieceFile> {
-    const handle = await open(path, (await exists(path)) ? 'r+' : 'w+')
+    const handle = await openPartialFile(path)
     try {
       await handle.truncate(options.size)
       let directHandle: FileHandle | undefined
@@ -114,7 +115,10 @@ export class PieceFile {
     for (const chunk of chunks) {
       if (length + chunk.byteLength > buffer.byteLength) {
         this.release(buffer)
-        throw new RangeError(`a piece is at most ${buffer.byteLength} bytes`)
+        throw new InvalidArgumentError({
+          argument: 'chunks',
+          message: `a piece is at most ${buffer.byteLength} bytes (the piece size)`,
+        })
       }
       buffer.set(chunk, length)
       length += chunk.byteLength
@@ -226,27 +230,5 @@ class PieceHasher {
 
   async stop(): Promise<void> {
     await this.worker.terminate()
-  }
-}
-
-async function writeAll(handle: FileHandle, bytes: Uint8Array, position: number): Promise<void> {
-  let written = 0
-  while (written < bytes.byteLength) {
-    const { bytesWritten } = await handle.write(
-      bytes,
-      written,
-      bytes.byteLength - written,
-      position + written,
-    )
-    written += bytesWritten
-  }
-}
-
-async function exists(path: string): Promise<boolean> {
-  try {
-    await (await open(path, 'r')).close()
-    return true
-  } catch {
-    return false
   }
 }
