@@ -50,8 +50,13 @@ export interface SwarmDownloadOptions extends ProgressOptions<SwarmProgressEvent
   path: string
   /** Serve verified pieces to other peers while downloading; default true. */
   serve?: boolean
-  /** Requests in flight per peer at most; default 16. */
+  /**
+   * Requests in flight per peer at most; default 16, or fewer when that many pieces would pass
+   * `maxInFlightBytesPerPeer` (but at least 2).
+   */
   maxInFlightPerPeer?: number
+  /** Bytes of requested pieces per peer at most, when `maxInFlightPerPeer` is not given; default 64 MiB. */
+  maxInFlightBytesPerPeer?: number
   /** A piece not delivered within this long snubs the peer; default 30 s. */
   pieceTimeoutMs?: number
   /** Give up when no piece arrives for this long and no peer has what is missing; default 60 s. */
@@ -110,7 +115,15 @@ export async function downloadFromPeers(
   const digest = pieceIndex.sha256
   const pieces = Math.ceil(pieceIndex.size / pieceIndex.pieceSize)
   const started = performance.now()
-  const maxWindow = options.maxInFlightPerPeer ?? 16
+  const maxWindow =
+    options.maxInFlightPerPeer ??
+    Math.min(
+      16,
+      Math.max(
+        2,
+        Math.floor((options.maxInFlightBytesPerPeer ?? 64 * 1024 * 1024) / pieceIndex.pieceSize),
+      ),
+    )
   const pieceTimeoutMs = options.pieceTimeoutMs ?? 30_000
   const stallTimeoutMs = options.stallTimeoutMs ?? 60_000
   const randomFirst = options.randomFirstPieces ?? 4

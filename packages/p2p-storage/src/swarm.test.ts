@@ -130,6 +130,39 @@ describe('swarm download over real libp2p nodes', () => {
     expect(Buffer.from(await readFile(path)).equals(Buffer.from(large))).toBe(true)
   })
 
+  it('keeps at most the bytes it is allowed in flight per peer', async () => {
+    const server = await seed()
+    const leecher = await node()
+    const piece = leecher.piece.bind(leecher)
+    let inFlight = 0
+    let mostAtOnce = 0
+    leecher.piece = async (...request) => {
+      mostAtOnce = Math.max(mostAtOnce, ++inFlight)
+      try {
+        return await piece(...request)
+      } finally {
+        inFlight--
+      }
+    }
+    await downloadFromPeers({
+      node: leecher,
+      peers: [server.addresses],
+      pieceIndex,
+      path: at('bounded'),
+      maxInFlightBytesPerPeer: 4 * PIECE_SIZE,
+    })
+    expect(mostAtOnce).toBe(4)
+    // Without the bound the window grows to 16 requests.
+    mostAtOnce = 0
+    await downloadFromPeers({
+      node: leecher,
+      peers: [server.addresses],
+      pieceIndex,
+      path: at('free'),
+    })
+    expect(mostAtOnce).toBeGreaterThan(4)
+  })
+
   it('keeps downloads under the rate limits, over all peers and per peer', async () => {
     const seeds = [await seed(), await seed(), await seed()]
     const rate = 4 * 1024 * 1024
