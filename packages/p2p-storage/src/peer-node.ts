@@ -125,6 +125,7 @@ export class PeerNode {
     libp2p.addEventListener('peer:disconnect', (event) => {
       this.uploads.forget(event.detail.toString())
       this.downloads.forget(event.detail.toString())
+      this.pieceStreams.delete(event.detail.toString())
     })
   }
 
@@ -264,7 +265,7 @@ export class PeerNode {
     digest: string,
     options: { signal?: AbortSignal } = {},
   ): Promise<PeerHave> {
-    const { answer, stream } = await this.ask(peer, HAVE_PROTOCOL, { digest }, options)
+    const { answer, stream } = await this.askHave(peer, { digest }, options)
     await stream.close().catch(() => stream.abort(new Error('closed')))
     return {
       size: answer.size,
@@ -283,12 +284,7 @@ export class PeerNode {
     digest: string,
     options: { signal?: AbortSignal } = {},
   ): AsyncGenerator<PeerHave> {
-    const { answer, stream, messages } = await this.ask(
-      peer,
-      HAVE_PROTOCOL,
-      { digest, watch: true },
-      options,
-    )
+    const { answer, stream, messages } = await this.askHave(peer, { digest, watch: true }, options)
     try {
       const pieces = Math.ceil(answer.size / answer.pieceSize)
       const current = {
@@ -418,14 +414,13 @@ export class PeerNode {
     return { stream, messages }
   }
 
-  /** Opens a stream, sends the request, and reads the answer's header; a refusal becomes a `PeerError`. */
-  private async ask(
+  /** Opens a have stream, sends the request, and reads the answer; a refusal becomes a `PeerError`. */
+  private async askHave(
     peer: PeerAddress,
-    protocol: string,
     request: { digest: string; watch?: boolean },
     options: { signal?: AbortSignal },
   ) {
-    const { stream, messages } = await this.openStream(peer, protocol, request.digest, options)
+    const { stream, messages } = await this.openStream(peer, HAVE_PROTOCOL, request.digest, options)
     try {
       await messages.write(encodeJson(request), options)
       const answer = parseAnswer(haveAnswerSchema, await messages.read(options), peerIdOf(peer))
