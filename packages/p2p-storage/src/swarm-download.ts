@@ -196,29 +196,43 @@ export async function downloadFromPeers(
 
   const availability = (index: number) => {
     let count = 0
-    for (const peer of peers) if (!peer.banned && peer.have?.has(index)) count++
+    // An indexed loop: this runs for every candidate piece of every choice.
+    for (let position = 0; position < peers.length; position++) {
+      const peer = peers[position]!
+      if (!peer.banned && peer.have?.has(index)) count++
+    }
     return count
   }
 
+  // Scratch lists of piece indexes for choosePiece, which runs for every request and every peer of
+  // every pump: allocated once.
+  const candidates = new Int32Array(pieces)
+  const rarest = new Int32Array(pieces)
+  /**
+   * The next piece to ask `peer` for: at random among all for the first few pieces, then rarest
+   * first (fewest requests running, then fewest peers holding it), at random among equals.
+   */
   const choosePiece = (peer: PeerState, endgame: boolean): number | undefined => {
-    const candidates: number[] = []
+    let count = 0
     for (let index = 0; index < pieces; index++) {
       if (have.has(index) || !peer.have?.has(index) || peer.inFlight.has(index)) continue
       const running = requests.get(index)?.length ?? 0
-      if (running === 0 || (endgame && running < 2)) candidates.push(index)
+      if (running === 0 || (endgame && running < 2)) candidates[count++] = index
     }
-    if (candidates.length === 0) return undefined
-    if (have.count < randomFirst) return candidates[Math.floor(Math.random() * candidates.length)]
-    let best: number[] = []
-    let bestCount = Number.POSITIVE_INFINITY
-    for (const index of candidates) {
-      const count = (requests.get(index)?.length ?? 0) * 1000 + availability(index)
-      if (count < bestCount) {
-        bestCount = count
-        best = [index]
-      } else if (count === bestCount) best.push(index)
+    if (count === 0) return undefined
+    if (have.count < randomFirst) return candidates[Math.floor(Math.random() * count)]
+    let equals = 0
+    let bestScore = Number.POSITIVE_INFINITY
+    for (let position = 0; position < count; position++) {
+      const index = candidates[position]!
+      const score = (requests.get(index)?.length ?? 0) * 1000 + availability(index)
+      if (score < bestScore) {
+        bestScore = score
+        equals = 0
+      }
+      if (score === bestScore) rarest[equals++] = index
     }
-    return best[Math.floor(Math.random() * best.length)]
+    return rarest[Math.floor(Math.random() * equals)]
   }
 
   const pump = () => {
@@ -228,9 +242,8 @@ export async function downloadFromPeers(
       return
     }
     const now = performance.now()
-    const missing = pieces - have.count
-    const requested = [...requests.values()].filter((list) => list.length > 0).length
-    const endgame = requested >= missing
+    // `requests` holds the pieces with a request running (an entry goes with its last request).
+    const endgame = requests.size >= pieces - have.count
     for (const peer of peers) {
       if (peer.banned || peer.have === undefined || now < peer.unavailableUntil) continue
       while (peer.inFlight.size < peer.window) {
@@ -239,8 +252,7 @@ export async function downloadFromPeers(
         request(peer, index)
       }
     }
-    const anyRunning = [...requests.values()].some((list) => list.length > 0)
-    if (!anyRunning && now - lastProgressAt > stallTimeoutMs)
+    if (requests.size === 0 && now - lastProgressAt > stallTimeoutMs)
       settle.reject(
         new PeerError({
           code: 'LLMESH_SWARM_EXHAUSTED',
