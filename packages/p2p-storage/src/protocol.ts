@@ -8,7 +8,8 @@
  * - `/llmesh/blob/piece/1.0.0`: `{ digest, index }` → `{ status: "ok", length }` followed by the
  *   piece's bytes as one length-prefixed message, or an error (after which the peer closes the
  *   stream). Once it has read a piece, the asker may send its next request on the same stream;
- *   either side ends it by closing. A peer that served one piece per stream is still understood.
+ *   either side ends it by closing. (Earlier peers served one piece per stream: the asker sends its
+ *   next request on a new stream when it finds the last one ended.)
  *
  * Messages are length-prefixed (varint) JSON; a piece is at most the largest piece size the
  * manifest allows, so memory per stream is bounded. A piece's bytes are never trusted: the
