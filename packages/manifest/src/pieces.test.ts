@@ -47,6 +47,14 @@ describe('per-piece integrity', () => {
     expect(index.verifyPiece(1, data.subarray(0, 1024))).toBe(false)
   })
 
+  it('checks a piece hashed elsewhere by its length and digest', () => {
+    const last = data.subarray(9216, 10_000)
+    const digest = hashPiece(last)
+    expect(index.matchesPiece(9, last.byteLength, digest)).toBe(true)
+    expect(index.matchesPiece(9, last.byteLength - 1, digest)).toBe(false)
+    expect(index.matchesPiece(8, last.byteLength, digest)).toBe(false)
+  })
+
   it('verifies a piece given in the chunks it arrived in, without joining them', () => {
     const chunks = [data.subarray(2048, 2100), data.subarray(2100, 2100), data.subarray(2100, 3072)]
     expect(index.verifyPiece(2, chunks)).toBe(true)

@@ -135,7 +135,13 @@ export class PieceIndex {
         ? bytes.byteLength
         : bytes.reduce((sum, chunk) => sum + chunk.byteLength, 0)
     if (length !== end - start) return false
-    return Buffer.from(hashPiece(bytes)).equals(this.hashOf(index))
+    return this.matchesPiece(index, length, hashPiece(bytes))
+  }
+
+  /** True when `length` bytes whose SHA-256 is `digest` (hashed elsewhere, say on a worker) are piece `index`. */
+  matchesPiece(index: number, length: number, digest: Uint8Array): boolean {
+    const { start, end } = this.range(index)
+    return length === end - start && Buffer.from(digest).equals(this.hashOf(index))
   }
 
   /**

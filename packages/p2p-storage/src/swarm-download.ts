@@ -165,7 +165,7 @@ export async function downloadFromPeers(
     address,
     have: undefined,
     inFlight: new Set(),
-    window: 2,
+    window: Math.min(2, maxWindow),
     banned: false,
     unavailableUntil: 0,
     failuresInARow: 0,
@@ -280,12 +280,9 @@ export async function downloadFromPeers(
       .then(async (chunks) => {
         // Copied into a buffer that the file writes from (see PieceFile), then verified there.
         const bytes = await file.stage(chunks, signal)
-        const { start, end } = pieceIndex.range(index)
         let valid: boolean
         try {
-          valid =
-            bytes.byteLength === end - start &&
-            Buffer.from(await file.sha256(bytes)).equals(pieceIndex.hashOf(index))
+          valid = pieceIndex.matchesPiece(index, bytes.byteLength, await file.sha256(bytes))
         } catch (error) {
           // The hashing thread failed: this node's fault, not the peer's.
           file.release(bytes)
@@ -307,7 +304,7 @@ export async function downloadFromPeers(
         // Claimed before the first await, so that an endgame duplicate is counted as waste, once.
         writing.add(index)
         try {
-          await file.write(bytes, start)
+          await file.write(bytes, pieceIndex.range(index).start)
           await journal.append(index)
         } catch (error) {
           // The disk failed (full, say), not the peer: the download stops with the disk's error,
