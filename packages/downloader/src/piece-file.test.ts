@@ -77,6 +77,33 @@ describe('PieceFile', () => {
     })
   })
 
+  it('stages chunks that start at any alignment, as they come off a network stream', async () => {
+    await withTempDir(async (folder) => {
+      const pieceSize = 256 * 1024
+      const piece = randomBytes(pieceSize)
+      // Each chunk starts at an odd place of a larger buffer, as a frame's payload does; one is
+      // larger than the room of the staging copy's bounce buffer.
+      const cuts = [0, 3, 5000, 5001, 5000 + 150_000, pieceSize]
+      const chunks = cuts.slice(1).map((end, position) => {
+        const start = cuts[position]!
+        const carrier = Buffer.alloc(end - start + 16)
+        const lead = 1 + ((position * 3) % 7)
+        piece.copy(carrier, lead, start, end)
+        return carrier.subarray(lead, lead + end - start)
+      })
+      const path = join(folder, 'blob')
+      const file = await PieceFile.open(path, { size: pieceSize, pieceSize })
+      const staged = await file.stage(chunks)
+      expect(Buffer.from(staged).equals(piece)).toBe(true)
+      expect(Buffer.from(await file.sha256(staged)).toString('hex')).toBe(
+        createHash('sha256').update(piece).digest('hex'),
+      )
+      await file.write(staged, 0)
+      await file.close()
+      expect((await readFile(path)).equals(piece)).toBe(true)
+    })
+  })
+
   it('makes stage() wait while every buffer holds a piece, and lets an abort end the wait', async () => {
     await withTempDir(async (folder) => {
       const file = await PieceFile.open(join(folder, 'blob'), {
