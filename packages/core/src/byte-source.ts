@@ -18,6 +18,36 @@ export interface ByteSource {
   read(request: ByteRangeRequest): AsyncIterable<Uint8Array>
   /** Whether this source can serve `digest`, when it can tell cheaply (a peer's piece list). */
   has?(digest: string, options?: AbortOptions): Promise<boolean>
+  /**
+   * Whether this source holds bytes [start, end) of `digest` now, where it can tell without
+   * asking anyone (a peer's piece list it watches). The downloader hands such a source only the
+   * pieces it holds; a source without this method is taken to hold every byte.
+   */
+  holds?(digest: string, start: number, end: number): boolean
+  /** Lets go of what the source keeps open (a peer's piece list it watches); called once it is done. */
+  close?(): Promise<void> | void
+}
+
+/**
+ * A blob still downloading, whose pieces can be served as soon as they are verified: the
+ * downloader hands one to its `sharePartial` hook (a peer node serves them), so that nodes that
+ * pull the same model at the same time feed each other instead of the mirror alone.
+ */
+export interface PartialBlob {
+  readonly sha256: string
+  readonly size: number
+  /** Pieces are `pieceSize` bytes (the last one shorter), verified one by one against a piece index. */
+  readonly pieceSize: number
+  /** The partial file: each verified piece lies at its place in it. */
+  readonly path: string
+}
+
+/** Where a download reports its pieces while it runs: the other side of `PartialBlob`. */
+export interface PartialBlobSink {
+  /** Piece `index` is verified, and its bytes are written to the partial file. */
+  pieceVerified(index: number): void
+  /** The download ended (done or failed): the partial file is about to move or stay unfinished. */
+  end(): void
 }
 
 export interface ByteRangeRequest extends AbortOptions {

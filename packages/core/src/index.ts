@@ -35,6 +35,8 @@ export {
   type ByteSource,
   ByteSourceError,
   type ByteSourceFailure,
+  type PartialBlob,
+  type PartialBlobSink,
 } from './byte-source.js'
 export {
   AbortedError,

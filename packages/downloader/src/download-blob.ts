@@ -318,6 +318,8 @@ export async function downloadBlob(options: DownloadBlobOptions): Promise<Downlo
   let typicalPieceMs = 0
   let lowestMissing = 0
   let lastProgressAt = 0
+  /** Since when nothing is in flight while pieces are missing (sources that hold none of them). */
+  let idleSince: number | undefined
   let finishSent = false
   /** Pieces from an earlier run that the hasher read back intact. */
   const readBack = new Set<number>()
@@ -368,6 +370,12 @@ export async function downloadBlob(options: DownloadBlobOptions): Promise<Downlo
       const now = performance.now()
       const usable = states.filter((state) => !state.dropped)
       if (inFlight === 0 && done.size < count && usable.length === 0) throw exhausted()
+      // Sources that hold none of the missing pieces (peers still downloading) are waited for,
+      // up to the stall timeout.
+      if (inFlight > 0 || done.size === count || usable.some(holdsAMissingPiece))
+        idleSince = undefined
+      else if (idleSince === undefined) idleSince = now
+      else if (now - idleSince > stallTimeoutMs) throw exhausted({ idle: true })
       // Wake for the end of a backoff, for a hedge that comes due, and, while something waits on
       // a capacity nobody announces (a host cap shared with other downloads), every 250 ms.
       let wakeAt = Math.min(
@@ -452,6 +460,19 @@ export async function downloadBlob(options: DownloadBlobOptions): Promise<Downlo
     return undefined
   }
 
+  /** Whether a source holds a piece, as far as it can tell (a peer that is still downloading). */
+  function holds(state: SourceState, piece: number): boolean {
+    if (state.source.holds === undefined) return true
+    const { start, end } = rangeOf(piece)
+    return state.source.holds(digestKey, start, end)
+  }
+
+  function holdsAMissingPiece(state: SourceState): boolean {
+    for (let index = lowestMissing; index < count; index++)
+      if (!done.has(index) && holds(state, index)) return true
+    return false
+  }
+
   function usableNow(state: SourceState, now: number): boolean {
     return (
       !state.dropped &&
@@ -501,7 +522,7 @@ export async function downloadBlob(options: DownloadBlobOptions): Promise<Downlo
   function pickPiece(state: SourceState, now: number): number | undefined {
     const others = states.filter((other) => other !== state && !other.dropped)
     for (let index = lowestMissing; index < count; index++) {
-      if (done.has(index) || active.has(index)) continue
+      if (done.has(index) || active.has(index) || !holds(state, index)) continue
       // A source that served a bad copy gets the piece again only if nobody else can serve it.
       if (avoid.get(index)?.has(state) && others.some((other) => !avoid.get(index)?.has(other)))
         continue
@@ -517,6 +538,7 @@ export async function downloadBlob(options: DownloadBlobOptions): Promise<Downlo
       if (now - request.startedAt < hedgeDelay()) continue
       // Another connection to the same source helps only when there is no other source at all.
       if (request.state === state && others.length > 0) continue
+      if (!holds(state, request.piece)) continue
       if (candidate === undefined || request.startedAt < candidate.startedAt) candidate = request
     }
     if (candidate !== undefined) {
@@ -919,18 +941,21 @@ export async function downloadBlob(options: DownloadBlobOptions): Promise<Downlo
     })
   }
 
-  function exhausted(): DownloadError {
+  /** Every source failed, or (`idle`) those left held none of the missing pieces for the stall timeout. */
+  function exhausted({ idle = false } = {}): DownloadError {
     const failures: SourceFailure[] = states.map((state) => ({
       source: state.source.id,
       code: state.attempt.error?.code ?? 'LLMESH_SOURCE_DROPPED',
-      message: state.attempt.error?.message ?? 'dropped',
+      message:
+        state.attempt.error?.message ??
+        (state.dropped ? 'dropped' : `${state.source.id} held none of the missing pieces`),
     }))
     return new DownloadError({
       code: 'LLMESH_SOURCES_EXHAUSTED',
       digest: expected,
       failures,
       isRetryable: true,
-      message: `Every source failed for ${digestKey} (${done.size} of ${count} pieces verified and kept for a resume):\n${failures.map((failure) => `  - ${failure.message}`).join('\n')}`,
+      message: `${idle ? `No source held a missing piece of ${digestKey} for ${stallTimeoutMs} ms` : `Every source failed for ${digestKey}`} (${done.size} of ${count} pieces verified and kept for a resume):\n${failures.map((failure) => `  - ${failure.message}`).join('\n')}`,
     })
   }
 

@@ -9,6 +9,8 @@ import {
   emitProgress,
   InvalidArgumentError,
   type Logger,
+  type PartialBlob,
+  type PartialBlobSink,
   type ProgressOptions,
 } from '@llmesh/core'
 import {
@@ -57,6 +59,12 @@ export interface DownloaderOptions {
     sha256: string | undefined
     size: number
   }) => ByteSource[] | Promise<ByteSource[]>
+  /**
+   * Told of each download that verifies pieces as they arrive (one with a piece index), and of
+   * each piece it verifies, so that they can be served before the download ends (the
+   * peer-to-peer package plugs in here: `sharePartialBlobs`).
+   */
+  sharePartial?: (blob: PartialBlob) => PartialBlobSink | undefined
   /** Requests in flight per file. Default 16. */
   connections?: number
   /** Default 2. */
@@ -171,11 +179,14 @@ export function createDownloader(options: DownloaderOptions): Downloader {
     return options.allowHosts.includes(url.host) || options.allowHosts.includes(url.hostname)
   }
 
-  /** The sources for an artifact: its mirrors (filtered by policy), then extra ones. */
+  /**
+   * The sources for an artifact: its mirrors (filtered by policy), then extra ones. `created` are
+   * those `extraSources` made for it, closed when its download ends.
+   */
   async function sourcesFor(
     artifact: Artifact,
     extra: ByteSource[] | undefined,
-  ): Promise<{ sources: ByteSource[]; skipped: string[] }> {
+  ): Promise<{ sources: ByteSource[]; skipped: string[]; created: ByteSource[] }> {
     const sources: ByteSource[] = []
     const skipped: string[] = []
     for (const mirror of artifact.mirrors) {
@@ -193,10 +204,10 @@ export function createDownloader(options: DownloaderOptions): Downloader {
       sources.push(httpSource(resolved, artifact.size, token))
     }
     sources.push(...(extra ?? []))
-    sources.push(
-      ...((await options.extraSources?.({ sha256: artifact.sha256, size: artifact.size })) ?? []),
-    )
-    return { sources: rankSources(sources), skipped }
+    const created =
+      (await options.extraSources?.({ sha256: artifact.sha256, size: artifact.size })) ?? []
+    sources.push(...created)
+    return { sources: rankSources(sources), skipped, created }
   }
 
   /** Sources that served well before come first; ones that sent bad bytes come last. */
@@ -257,9 +268,19 @@ export function createDownloader(options: DownloaderOptions): Downloader {
       const startedAt = new Date().toISOString()
       const downloadId = randomUUID()
       const bySource: Record<string, number> = {}
+      let shared: PartialBlobSink | undefined
       try {
         if (blob.sha256 !== undefined && (await store.hasBlob(blob.sha256)))
           return cachedResult(blob.sha256, blob.size)
+        // Only pieces checked against a piece index are shared: without one, nothing is verified
+        // before the whole file is.
+        if (blob.sha256 !== undefined && blob.pieceIndex !== undefined)
+          shared = options.sharePartial?.({
+            sha256: blob.sha256,
+            size: blob.size,
+            pieceSize: blob.pieceIndex.pieceSize,
+            path: store.partialPath(key),
+          })
         const result = await downloadBlob({
           sha256: blob.sha256,
           size: blob.size,
@@ -279,15 +300,21 @@ export function createDownloader(options: DownloaderOptions): Downloader {
           signal,
           onProgress: (event) => {
             if (event.type === 'download:progress') Object.assign(bySource, event.detail.bySource)
+            else if (event.type === 'download:piece-verified')
+              shared?.pieceVerified(event.detail.piece)
             pullOptions.onProgress?.(event)
           },
           onAttempts: (attempts) =>
             store.index.recordAttempts(downloadId, blob.sha256 ?? key, startedAt, attempts),
         })
+        // Before the partial file moves into place; the blob is then served from the store.
+        shared?.end()
+        shared = undefined
         const blobPath = await store.publish(store.partialPath(key), store.journalPath(key), result)
         const { attempts: _attempts, ...rest } = result
         return { ...rest, blobPath, cached: false, bySource }
       } finally {
+        shared?.end()
         await lock.release()
       }
     }
@@ -365,19 +392,25 @@ export function createDownloader(options: DownloaderOptions): Downloader {
       )
       let sources: ByteSource[] = []
       let skipped: string[] = []
-      if (!(await store.hasBlob(artifact.sha256))) {
-        ;({ sources, skipped } = await sourcesFor(artifact, pullOptions.sources))
-        if (sources.length === 0)
-          throw new DownloadError({
-            code: skipped.length > 0 ? 'LLMESH_HOST_NOT_ALLOWED' : 'LLMESH_NO_SOURCES',
-            digest: artifact.sha256,
-            message: `No usable source for ${artifact.path} of ${model}${skipped.length > 0 ? `: skipped ${skipped.join('; ')}` : ': the manifest lists no mirrors and no peer has it'}`,
-          })
+      let created: ByteSource[] = []
+      let blob: PulledBlob
+      try {
+        if (!(await store.hasBlob(artifact.sha256))) {
+          ;({ sources, skipped, created } = await sourcesFor(artifact, pullOptions.sources))
+          if (sources.length === 0)
+            throw new DownloadError({
+              code: skipped.length > 0 ? 'LLMESH_HOST_NOT_ALLOWED' : 'LLMESH_NO_SOURCES',
+              digest: artifact.sha256,
+              message: `No usable source for ${artifact.path} of ${model}${skipped.length > 0 ? `: skipped ${skipped.join('; ')}` : ': the manifest lists no mirrors and no peer has it'}`,
+            })
+        }
+        blob = await fetchBlob(
+          { sha256: artifact.sha256, size: artifact.size, pieceIndex, sources },
+          pullOptions,
+        )
+      } finally {
+        await Promise.allSettled(created.map(async (source) => source.close?.()))
       }
-      const blob = await fetchBlob(
-        { sha256: artifact.sha256, size: artifact.size, pieceIndex, sources },
-        pullOptions,
-      )
       emitProgress(pullOptions, 'pull:file-done', {
         model,
         path: artifact.path,

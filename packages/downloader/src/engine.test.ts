@@ -1,9 +1,10 @@
+import { closeSync, openSync, readSync } from 'node:fs'
 import { type ByteRangeRequest, type ByteSource, ByteSourceError } from '@llmesh/core'
 import { describe, expect, it } from 'vitest'
 import type { DownloadProgressEvent } from './progress.js'
 import { hfResolveUrl, parseHfUri } from './sources/hf.js'
 import { parseRetryAfter } from './sources/http-source.js'
-import { createFixture, expectVerifiedBlob, PIECE_SIZE } from './test-support.js'
+import { createFixture, expectNoBlob, expectVerifiedBlob, PIECE_SIZE } from './test-support.js'
 import { TokenBucket } from './token-bucket.js'
 
 describe('hf: URIs', () => {
@@ -101,6 +102,108 @@ describe('engine', () => {
     // 1 MiB at 500 kB/s after a burst of 500 kB takes at least 1.1 s: a lower bound, never flaky.
     expect(performance.now() - started).toBeGreaterThanOrEqual(1000)
     await expectVerifiedBlob(fixture.store, fixture.sha256, fixture.data)
+    await fixture.close()
+  })
+
+  it('asks a source that tells what it holds only for those pieces, shares each verified piece, and closes the sources it made', async () => {
+    const pieces = 32
+    const held = new Set<number>([0, 1, 2, 5, 9, 30])
+    const asked: Array<{ start: number; end: number; held: boolean }> = []
+    let closed = 0
+    // A peer still downloading: it gets one more piece (out of order) each time this pull
+    // verifies one.
+    const growing: ByteSource = {
+      id: 'peer:growing',
+      kind: 'peer',
+      holds: (_digest, start, end) => {
+        for (let piece = Math.floor(start / PIECE_SIZE); piece * PIECE_SIZE < end; piece++)
+          if (!held.has(piece)) return false
+        return true
+      },
+      async *read({ start, end }) {
+        asked.push({ start, end, held: growing.holds!('', start, end) })
+        yield fixture!.data.subarray(start, end)
+      },
+      close: () => {
+        closed++
+      },
+    }
+    const shared: number[] = []
+    let sharedPath = ''
+    let ended = 0
+    fixture = await createFixture({
+      size: pieces * PIECE_SIZE,
+      mirrors: 0,
+      downloader: {
+        extraSources: () => [growing],
+        sharePartial: (blob) => {
+          sharedPath = blob.path
+          expect(blob).toMatchObject({ sha256: fixture!.sha256, pieceSize: PIECE_SIZE })
+          return {
+            pieceVerified: (index) => {
+              // The piece's bytes are in the partial file by now.
+              const bytes = Buffer.alloc(PIECE_SIZE)
+              const descriptor = openSync(blob.path, 'r')
+              readSync(descriptor, bytes, 0, PIECE_SIZE, index * PIECE_SIZE)
+              closeSync(descriptor)
+              expect(
+                bytes.equals(fixture!.data.subarray(index * PIECE_SIZE, (index + 1) * PIECE_SIZE)),
+              ).toBe(true)
+              shared.push(index)
+            },
+            end: () => {
+              ended++
+            },
+          }
+        },
+      },
+    })
+    const order = [
+      31, 3, 7, 4, 6, 8, 10, 11, 29, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27,
+      28,
+    ]
+    const result = await fixture.downloader.pull(fixture.manifestPath, {
+      onProgress: (event) => {
+        if (event.type === 'download:piece-verified' && order.length > 0) held.add(order.shift()!)
+      },
+    })
+    await expectVerifiedBlob(fixture.store, fixture.sha256, fixture.data)
+    expect(asked.length).toBeGreaterThanOrEqual(pieces)
+    expect(asked.filter((request) => !request.held)).toEqual([])
+    expect(result.files[0]!.bySource['peer:growing']).toBe(pieces * PIECE_SIZE)
+    expect(shared.sort((a, b) => a - b)).toEqual(
+      Array.from({ length: pieces }, (_, index) => index),
+    )
+    expect(ended).toBe(1)
+    expect(sharedPath).toBe(fixture.store.partialPath(fixture.sha256))
+    expect(closed).toBe(1)
+    await fixture.close()
+  })
+
+  it('gives up with a typed error when the sources hold none of the missing pieces for the stall timeout', async () => {
+    let reads = 0
+    const empty: ByteSource = {
+      id: 'peer:empty',
+      kind: 'peer',
+      holds: () => false,
+      // biome-ignore lint/correctness/useYield: never asked, as it holds nothing
+      async *read() {
+        reads++
+      },
+    }
+    fixture = await createFixture({ mirrors: 0, downloader: { stallTimeoutMs: 600 } })
+    const failure = await fixture.downloader
+      .pull(fixture.manifestPath, { sources: [empty] })
+      .catch((error: unknown) => error)
+    expect(failure).toMatchObject({ code: 'LLMESH_SOURCES_EXHAUSTED' })
+    expect(String((failure as Error).message)).toMatch(
+      /No source held a missing piece .* for 600 ms/,
+    )
+    expect(String((failure as Error).message)).toContain(
+      'peer:empty held none of the missing pieces',
+    )
+    expect(reads).toBe(0)
+    await expectNoBlob(fixture.store)
     await fixture.close()
   })
 

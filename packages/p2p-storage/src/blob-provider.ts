@@ -34,10 +34,12 @@ export class StoreBlobProvider implements BlobProvider {
     digest: string,
     blob: { size: number; pieceSize: number; have: Bitfield; path: string },
   ): () => void {
-    const served = { ...blob, read: fileReader(blob.path) }
+    const reader = fileReader(blob.path)
+    const served = { ...blob, read: reader.read }
     this.inProgress.set(digest, served)
     return () => {
       if (this.inProgress.get(digest) === served) this.inProgress.delete(digest)
+      reader.close()
     }
   }
 
@@ -53,7 +55,7 @@ export class StoreBlobProvider implements BlobProvider {
       size: pieceIndex.size,
       pieceSize: pieceIndex.pieceSize,
       have: Bitfield.full(pieceCount(pieceIndex.size, pieceIndex.pieceSize)),
-      read: fileReader(this.store.blobPath(digest)),
+      read: fileReader(this.store.blobPath(digest)).read,
     }
     this.complete.set(digest, served)
     return served
@@ -68,10 +70,15 @@ export class StoreBlobProvider implements BlobProvider {
   }
 }
 
-/** Reads ranges of a file through one handle, opened on first use and kept (seeds read many pieces). */
-function fileReader(path: string): ServedBlob['read'] {
+/**
+ * Reads ranges of a file through one handle, opened on first use and kept (seeds read many
+ * pieces). `close()` closes it once the reads under way are done; a read after it fails.
+ */
+function fileReader(path: string): { read: ServedBlob['read']; close(): void } {
   let handle: Promise<FileHandle> | undefined
-  return async (start, end) => {
+  let closed = false
+  const read: ServedBlob['read'] = async (start, end) => {
+    if (closed) throw new Error(`${path} is no longer served`)
     handle ??= open(path, 'r')
     const file = await handle
     const buffer = Buffer.allocUnsafe(end - start)
@@ -82,5 +89,13 @@ function fileReader(path: string): ServedBlob['read'] {
       offset += bytesRead
     }
     return buffer
+  }
+  return {
+    read,
+    close() {
+      closed = true
+      // FileHandle.close() waits for the reads under way.
+      void handle?.then((file) => file.close()).catch(() => {})
+    },
   }
 }

@@ -22,8 +22,15 @@ import { generateKey, preSharedKey } from '@libp2p/pnet'
 import { tcp } from '@libp2p/tcp'
 import { tls } from '@libp2p/tls'
 import { type LengthPrefixedStream, lpStream } from '@libp2p/utils'
-import { createLogger, type Logger, sleep } from '@llmesh/core'
+import {
+  createLogger,
+  type Logger,
+  type PartialBlob,
+  type PartialBlobSink,
+  sleep,
+} from '@llmesh/core'
 import { type ModelStore, TokenBucket } from '@llmesh/downloader'
+import { pieceCount } from '@llmesh/manifest'
 import { isMultiaddr, type Multiaddr, multiaddr } from '@multiformats/multiaddr'
 import { createLibp2p, type Libp2p } from 'libp2p'
 import { CID } from 'multiformats/cid'
@@ -217,6 +224,24 @@ export class PeerNode {
 
   get addresses(): Multiaddr[] {
     return this.libp2p.getMultiaddrs()
+  }
+
+  /**
+   * Serves the verified pieces of a download of this node's store while it runs, and tells the
+   * DHT: pass it to the downloader, `createDownloader({ store, sharePartial: (blob) =>
+   * node.sharePartial(blob) })`, so that nodes pulling the same model at once feed each other.
+   * Peers watching the blob's piece list hear of each piece as it is verified.
+   */
+  sharePartial(blob: PartialBlob): PartialBlobSink {
+    const have = new Bitfield(pieceCount(blob.size, blob.pieceSize))
+    const stop = this.provider.serve(blob.sha256, {
+      size: blob.size,
+      pieceSize: blob.pieceSize,
+      have,
+      path: blob.path,
+    })
+    void this.announce(blob.sha256).catch(() => {})
+    return { pieceVerified: (index) => have.set(index), end: stop }
   }
 
   /** Tells the DHT that this node serves `digest` (one provider record per blob). */

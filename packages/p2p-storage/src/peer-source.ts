@@ -1,58 +1,92 @@
 /**
  * Peers as a `ByteSource`, so that one `llmesh pull` mixes HTTP mirrors and peers in the same
  * download: the downloader's engine decides which piece each source serves and verifies every
- * piece itself; this source asks a peer that holds the piece, and says "unavailable" when none
- * does yet (the engine then leans on the other sources and asks again later).
+ * piece itself. `holds()` tells the engine which pieces the peers hold now (a peer still
+ * downloading holds some), so that it hands this source only those; `read()` asks a peer that
+ * holds the piece.
  */
-import { type ByteRangeRequest, type ByteSource, ByteSourceError } from '@llmesh/core'
+import {
+  type AbortOptions,
+  abortReason,
+  type ByteRangeRequest,
+  type ByteSource,
+  ByteSourceError,
+  sleep,
+} from '@llmesh/core'
 import type { Bitfield } from './bitfield.js'
 import { PeerError } from './errors.js'
 import { type PeerAddress, type PeerNode, peerIdOf } from './peer-node.js'
 
+/** One peer's piece list of one blob, as the peer pushes it. */
 interface Holder {
   address: PeerAddress
   have: Bitfield | undefined
   pieceSize: number
-  checkedAt: number
+  /** Piece requests that failed in a row; a peer at 3 is passed over until its list changes. */
   failures: number
 }
 
-export interface PeerByteSourceOptions {
-  /** How long a peer's piece list is trusted before it is asked again; default 1 s. */
-  haveTtlMs?: number
+interface Watch {
+  holders: Holder[]
+  /** Settles once every peer answered (or failed) once. */
+  answered: Promise<void>
+  ready: boolean
+  controller: AbortController
 }
 
+export interface PeerByteSourceOptions {
+  /** How long to wait before watching a peer's piece list again after the watch ended early (the peer did not serve the blob yet, or went away); default 1 s. */
+  haveRefreshMs?: number
+}
+
+/**
+ * The peers' piece lists are watched, not polled: each peer pushes the pieces it verifies, so a
+ * piece a peer gets while this pull runs can be asked of it at once. `close()` ends the watches
+ * (the downloader calls it when the artifact's download ends).
+ */
 export class PeerByteSource implements ByteSource {
   readonly kind = 'peer'
   readonly id: string
-  private readonly holders: Holder[]
+  private readonly watches = new Map<string, Watch>()
   private next = 0
+  private closed = false
 
   constructor(
     private readonly node: PeerNode,
-    peers: PeerAddress[],
+    private readonly peers: PeerAddress[],
     private readonly options: PeerByteSourceOptions = {},
   ) {
     this.id = `peers:${peers.map(peerIdOf).join(',')}`
-    this.holders = peers.map((address) => ({
-      address,
-      have: undefined,
-      pieceSize: 0,
-      checkedAt: 0,
-      failures: 0,
-    }))
   }
 
-  async has(digest: string): Promise<boolean> {
-    await this.refresh(digest)
-    return this.holders.some((holder) => (holder.have?.count ?? 0) > 0)
+  async has(digest: string, options: AbortOptions = {}): Promise<boolean> {
+    const watch = await this.watched(digest, options.signal)
+    return watch.holders.some((holder) => (holder.have?.count ?? 0) > 0)
+  }
+
+  /** Whether a peer holds every piece that bytes [start, end) fall in, by its latest piece list. */
+  holds(digest: string, start: number, end: number): boolean {
+    if (this.closed) return false
+    return this.watch(digest).holders.some((holder) => {
+      if (holder.have === undefined || holder.failures >= 3) return false
+      const last = Math.floor((end - 1) / holder.pieceSize)
+      for (let index = Math.floor(start / holder.pieceSize); index <= last; index++)
+        if (!holder.have.has(index)) return false
+      return true
+    })
+  }
+
+  close(): void {
+    this.closed = true
+    for (const watch of this.watches.values()) watch.controller.abort()
+    this.watches.clear()
   }
 
   async *read({ digest, start, end, signal }: ByteRangeRequest): AsyncIterable<Uint8Array> {
-    await this.refresh(digest, signal)
+    const { holders } = await this.watched(digest, signal)
     let position = start
     while (position < end) {
-      const holder = this.holderOf(position)
+      const holder = this.holderOf(holders, position)
       if (holder === undefined)
         throw new ByteSourceError({
           failure: 'unavailable',
@@ -72,7 +106,6 @@ export class PeerByteSource implements ByteSource {
         holder.failures = 0
       } catch (error) {
         holder.failures++
-        holder.checkedAt = 0
         throw new ByteSourceError({
           failure:
             PeerError.isInstance(error) && error.code === 'LLMESH_PEER_PROTOCOL'
@@ -107,39 +140,106 @@ export class PeerByteSource implements ByteSource {
   }
 
   /** A peer holding the piece at `position`, taking turns among those that do. */
-  private holderOf(position: number): Holder | undefined {
-    for (let offset = 0; offset < this.holders.length; offset++) {
-      const holder = this.holders[(this.next + offset) % this.holders.length]!
+  private holderOf(holders: Holder[], position: number): Holder | undefined {
+    for (let offset = 0; offset < holders.length; offset++) {
+      const holder = holders[(this.next + offset) % holders.length]!
       if (holder.have === undefined || holder.failures >= 3) continue
       if (holder.have.has(Math.floor(position / holder.pieceSize))) {
-        this.next = (this.next + offset + 1) % this.holders.length
+        this.next = (this.next + offset + 1) % holders.length
         return holder
       }
     }
     return undefined
   }
 
-  private async refresh(digest: string, signal?: AbortSignal): Promise<void> {
-    const now = Date.now()
-    const ttl = this.options.haveTtlMs ?? 1_000
-    await Promise.all(
-      this.holders
-        .filter((holder) => now - holder.checkedAt > ttl && !(holder.have?.complete ?? false))
-        .map(async (holder) => {
-          holder.checkedAt = now
-          try {
-            const answer = await this.node.have(
-              holder.address,
-              digest,
-              signal === undefined ? {} : { signal },
-            )
-            holder.have = answer.have
-            holder.pieceSize = answer.pieceSize
-            holder.failures = 0
-          } catch {
-            holder.failures++
-          }
-        }),
-    )
+  /** The watch of `digest`'s piece lists, once every peer answered (or failed) once. */
+  private async watched(digest: string, signal?: AbortSignal): Promise<Watch> {
+    if (this.closed)
+      throw new ByteSourceError({
+        failure: 'unavailable',
+        source: this.id,
+        digest,
+        message: 'This peer source is closed.',
+      })
+    const watch = this.watch(digest)
+    if (watch.ready) return watch
+    if (signal === undefined) await watch.answered
+    else {
+      let onAbort!: () => void
+      try {
+        await Promise.race([
+          watch.answered,
+          new Promise<never>((_, reject) => {
+            onAbort = () => reject(abortReason(signal))
+            if (signal.aborted) onAbort()
+            signal.addEventListener('abort', onAbort, { once: true })
+          }),
+        ])
+      } finally {
+        signal.removeEventListener('abort', onAbort)
+      }
+    }
+    return watch
+  }
+
+  /** The watch of `digest`'s piece lists, started on first use. */
+  private watch(digest: string): Watch {
+    const running = this.watches.get(digest)
+    if (running !== undefined) return running
+    const holders: Holder[] = this.peers.map((address) => ({
+      address,
+      have: undefined,
+      pieceSize: 0,
+      failures: 0,
+    }))
+    const watch: Watch = {
+      holders,
+      answered: Promise.resolve(),
+      ready: false,
+      controller: new AbortController(),
+    }
+    watch.answered = Promise.all(
+      holders.map(
+        (holder) =>
+          new Promise<void>((resolve) => {
+            void this.follow(holder, digest, watch.controller.signal, resolve)
+          }),
+      ),
+    ).then(() => {
+      watch.ready = true
+    })
+    this.watches.set(digest, watch)
+    return watch
+  }
+
+  /**
+   * Keeps `holder.have` current until the peer holds every piece or the watch is closed; a watch
+   * that ends early is opened again after `haveRefreshMs`. Calls `answered` after the first answer
+   * or failure.
+   */
+  private async follow(
+    holder: Holder,
+    digest: string,
+    signal: AbortSignal,
+    answered: () => void,
+  ): Promise<void> {
+    while (!signal.aborted) {
+      try {
+        for await (const answer of this.node.watchHave(holder.address, digest, { signal })) {
+          holder.have = answer.have
+          holder.pieceSize = answer.pieceSize
+          holder.failures = 0
+          answered()
+        }
+        if (holder.have?.complete) break
+      } catch (error) {
+        // A peer that does not serve the blob (yet, or any more) holds nothing of it.
+        if (PeerError.isInstance(error) && error.code === 'LLMESH_PEER_UNKNOWN_DIGEST')
+          holder.have = undefined
+      }
+      answered()
+      await sleep(this.options.haveRefreshMs ?? 1_000, { signal }).catch(() => {})
+    }
+    answered()
   }
 }

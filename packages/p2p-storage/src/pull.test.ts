@@ -1,3 +1,5 @@
+import { createHash, randomBytes } from 'node:crypto'
+import { readFile, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { createDownloader, FileSource, ModelStore } from '@llmesh/downloader'
 import { createManifest } from '@llmesh/manifest'
@@ -65,6 +67,94 @@ describe('peers in a pull', () => {
       await seed.stop()
       store.close()
       seedStore.close()
+    }
+  })
+  it('serves the pieces of a pull still running from a mirror, to a node that pulls from it at once', async () => {
+    const file = join(directory.path, 'shared-while-pulled.bin')
+    await writeFile(file, randomBytes(1024 * 1024))
+    // Two connections of 128 KiB/s: the first node needs about 4 s for the file.
+    await using mirror = await startMirror({
+      files: { '/model.bin': file },
+      bytesPerSecondPerConnection: 128 * 1024,
+    })
+    const pieceSize = 32 * 1024
+    const described = {
+      manifest: { id: 'acme/shared-early', version: '1.0.0', license: { id: 'mit' } },
+      pieceSize,
+      allowInsecureMirrors: true,
+    }
+    // The first node pulls from the mirror; the second knows no mirror, only the first node.
+    const { manifest, pieceIndexes } = await createManifest({
+      files: [{ file, path: 'model.bin', mirrors: [`${mirror.url}/model.bin`] }],
+      ...described,
+    })
+    const { manifest: peersOnly } = await createManifest({
+      files: [{ file, path: 'model.bin' }],
+      ...described,
+    })
+    const sha256 = manifest.artifacts[0]!.sha256
+
+    const firstStore = await ModelStore.open({ root: join(directory.path, 'first-store') })
+    const first = await createPeerNode({ store: firstStore })
+    const firstDownloader = createDownloader({
+      store: firstStore,
+      allowInsecureMirrors: true,
+      connections: 2,
+      maxConnectionsPerSource: 2,
+      sharePartial: (blob) => first.sharePartial(blob),
+    })
+    const secondStore = await ModelStore.open({ root: join(directory.path, 'second-store') })
+    const second = await createPeerNode({ store: secondStore })
+    const secondDownloader = createDownloader({
+      store: secondStore,
+      extraSources: () => [new PeerByteSource(second, [first.addresses])],
+    })
+    try {
+      let firstDoneAt = Number.POSITIVE_INFINITY
+      let firstVerified = 0
+      let someVerified!: () => void
+      const fourVerified = new Promise<void>((resolve) => {
+        someVerified = resolve
+      })
+      const firstPull = firstDownloader
+        .pull(manifest, {
+          pieceIndexes,
+          onProgress: (event) => {
+            if (event.type === 'download:piece-verified' && ++firstVerified === 4) someVerified()
+          },
+        })
+        .then((result) => {
+          firstDoneAt = performance.now()
+          return result
+        })
+      await fourVerified
+      // The second node starts while the first holds a few pieces.
+      const secondPieceTimes: number[] = []
+      const secondResult = await secondDownloader.pull(peersOnly, {
+        pieceIndexes,
+        onProgress: (event) => {
+          if (event.type === 'download:piece-verified') secondPieceTimes.push(performance.now())
+        },
+      })
+      await firstPull
+      expect(secondResult.files[0]!.sha256).toBe(sha256)
+      expect(
+        createHash('sha256')
+          .update(await readFile(secondStore.blobPath(sha256)))
+          .digest('hex'),
+      ).toBe(sha256)
+      // Most of it came while the first node was still pulling, as it verified pieces.
+      const early = secondPieceTimes.filter((time) => time < firstDoneAt).length
+      expect(early).toBeGreaterThan(1024 / 32 / 2)
+      // Every byte came from the first node (a hedged piece may have come twice).
+      expect(first.uploaded.get(second.peerId.toString())).toBeGreaterThanOrEqual(1024 * 1024)
+    } finally {
+      await secondDownloader.close()
+      await firstDownloader.close()
+      await second.stop()
+      await first.stop()
+      secondStore.close()
+      firstStore.close()
     }
   })
 })

@@ -135,10 +135,12 @@ export function registerNodeCommands(program: Command, context: CommandContext):
         const downloader = createDownloader({
           store,
           allowInsecureMirrors: config.allowInsecureMirrors,
-          // Peers: the configured ones, and those the DHT knows to serve the blob.
+          // Peers: the configured ones, and those the DHT knows to serve the blob. While a model
+          // is pulled, the node serves the pieces it verified.
           ...(peer === undefined
             ? {}
             : {
+                sharePartial: (blob) => peer.sharePartial(blob),
                 extraSources: async ({ sha256 }) => {
                   // With no connection there is no DHT to ask (a first node, a lone node).
                   const found =

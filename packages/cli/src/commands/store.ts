@@ -100,7 +100,13 @@ async function withDownloader<Result>(
   const node = peers.length === 0 ? undefined : await createPeerNode({ store })
   const downloader = createDownloader({
     store,
-    ...(node === undefined ? {} : { extraSources: () => [new PeerByteSource(node, peers)] }),
+    // The peers beside the mirrors; and while it pulls, the node serves the pieces it verified.
+    ...(node === undefined
+      ? {}
+      : {
+          extraSources: () => [new PeerByteSource(node, peers)],
+          sharePartial: (blob) => node.sharePartial(blob),
+        }),
     allowInsecureMirrors: options.allowInsecureMirrors === true,
     ...(options.allowHost === undefined ? {} : { allowHosts: options.allowHost }),
     ...(options.connections === undefined ? {} : { connections: options.connections }),
