@@ -125,6 +125,11 @@ export interface DownloadBlobOptions extends AbortOptions, ProgressOptions<Downl
   logger?: Logger
   /** Called once with every source's record, whether the download succeeded or not. */
   onAttempts?: (attempts: SourceAttempt[]) => void
+  /**
+   * With a piece index: piece `index` is verified and its bytes are in the partial file (a piece
+   * of this run once written, one of an earlier run once read back intact).
+   */
+  onPieceVerified?: (index: number) => void
 }
 
 export interface DownloadedBlob {
@@ -784,6 +789,7 @@ export async function downloadBlob(options: DownloadBlobOptions): Promise<Downlo
     typicalPieceMs = typicalPieceMs === 0 ? elapsed : 0.8 * typicalPieceMs + 0.2 * elapsed
     adapt(state)
     waiting.set(piece, request.slot)
+    if (pieceIndex !== undefined) options.onPieceVerified?.(piece)
     emitProgress(options, 'download:piece-verified', {
       sha256: expected,
       piece,
@@ -843,6 +849,7 @@ export async function downloadBlob(options: DownloadBlobOptions): Promise<Downlo
       if (journal.pieces.has(message.index) && !readBack.has(message.index)) {
         readBack.add(message.index)
         verifiedBytes += message.bytes
+        if (pieceIndex !== undefined) options.onPieceVerified?.(message.index)
         reportProgress(false)
       }
       return

@@ -300,10 +300,11 @@ export function createDownloader(options: DownloaderOptions): Downloader {
           signal,
           onProgress: (event) => {
             if (event.type === 'download:progress') Object.assign(bySource, event.detail.bySource)
-            else if (event.type === 'download:piece-verified')
-              shared?.pieceVerified(event.detail.piece)
             pullOptions.onProgress?.(event)
           },
+          ...(shared === undefined
+            ? {}
+            : { onPieceVerified: (index) => shared?.pieceVerified(index) }),
           onAttempts: (attempts) =>
             store.index.recordAttempts(downloadId, blob.sha256 ?? key, startedAt, attempts),
         })

@@ -144,7 +144,7 @@ describe('resume', () => {
     )
   })
 
-  it('resumes in-process after an abort without fetching verified pieces again', async () => {
+  it('resumes in-process after an abort without fetching verified pieces again, and shares every piece', async () => {
     fixture = await createFixture({
       size: 4 * 1024 * 1024,
       mirrors: 2,
@@ -166,10 +166,22 @@ describe('resume', () => {
     expect((aborted as Error).name).toBe('AbortError')
     await expectNoBlob(fixture.store)
     for (const mirror of fixture.mirrors) mirror.setRate(undefined)
-    const result = await fixture.downloader.pull(fixture.manifestPath)
+    // The resumed pull shares every piece, those of the first run once read back intact.
+    const shared: number[] = []
+    const resuming = createDownloader({
+      store: fixture.store,
+      allowInsecureMirrors: true,
+      sharePartial: () => ({ pieceVerified: (index) => shared.push(index), end: () => {} }),
+    })
+    const result = await resuming.pull(fixture.manifestPath)
+    await resuming.close()
     expect(result.files[0]?.resumedBytes).toBeGreaterThan(fixture.data.byteLength / 3)
     await expectVerifiedBlob(fixture.store, fixture.sha256, fixture.data)
     expect(totalServed(fixture)).toBeLessThanOrEqual(fixture.data.byteLength + 16 * PIECE_SIZE)
+    const pieces = fixture.data.byteLength / PIECE_SIZE
+    expect(shared.sort((a, b) => a - b)).toEqual(
+      Array.from({ length: pieces }, (_, index) => index),
+    )
   })
 
   it('fetches again a journaled piece whose bytes on disk were damaged', async () => {
