@@ -465,6 +465,35 @@ export async function downloadBlob(options: DownloadBlobOptions): Promise<Downlo
     return undefined
   }
 
+  /**
+   * For a source that holds everything (a mirror) beside peers that tell what they hold: a piece
+   * that no peer holds, at random. Nodes that pull the same file at once then take different
+   * pieces from the mirror and trade them, where in order they would fetch the same ones (two
+   * nodes ask for the same piece only where both draw it while neither holds it yet). Pieces are
+   * digested in order, so many are read back from the partial file for the whole-file digest.
+   */
+  function pickPieceNoPeerHolds(
+    state: SourceState,
+    peers: SourceState[],
+    others: SourceState[],
+  ): number | undefined {
+    let candidates = 0
+    let chosen: number | undefined
+    for (let index = lowestMissing; index < count; index++) {
+      if (done.has(index) || active.has(index)) continue
+      if (peers.some((peer) => holds(peer, index))) continue
+      if (avoid.get(index)?.has(state) && others.some((other) => !avoid.get(index)?.has(other)))
+        continue
+      // Each candidate replaces the choice with probability 1/n: a uniform draw in one pass.
+      if (Math.random() * ++candidates < 1) chosen = index
+    }
+    return chosen
+  }
+
+  function spares(peer: SourceState, piece: number, now: number): boolean {
+    return usableNow(peer, now) && holds(peer, piece)
+  }
+
   /** Whether a source holds a piece, as far as it can tell (a peer that is still downloading). */
   function holds(state: SourceState, piece: number): boolean {
     if (state.source.holds === undefined) return true
@@ -526,8 +555,20 @@ export async function downloadBlob(options: DownloadBlobOptions): Promise<Downlo
 
   function pickPiece(state: SourceState, now: number): number | undefined {
     const others = states.filter((other) => other !== state && !other.dropped)
+    // Beside peers that tell what they hold, even peers that hold nothing yet: two nodes that
+    // start together hold the same pieces while they go in order, so neither would ever hold one
+    // the other lacks.
+    const telling = others.filter((other) => other.source.holds !== undefined)
+    if (state.source.holds === undefined && telling.length > 0) {
+      const piece = pickPieceNoPeerHolds(state, telling, others)
+      if (piece !== undefined) return piece
+    }
     for (let index = lowestMissing; index < count; index++) {
       if (done.has(index) || active.has(index) || !holds(state, index)) continue
+      // Left to a peer that holds it and has a connection to spare: the mirror's egress is what
+      // sharing saves.
+      if (state.source.holds === undefined && telling.some((peer) => spares(peer, index, now)))
+        continue
       // A source that served a bad copy gets the piece again only if nobody else can serve it.
       if (avoid.get(index)?.has(state) && others.some((other) => !avoid.get(index)?.has(other)))
         continue

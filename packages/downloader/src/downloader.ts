@@ -62,7 +62,7 @@ export interface DownloaderOptions {
   /**
    * Told of each download that verifies pieces as they arrive (one with a piece index), and of
    * each piece it verifies, so that they can be served before the download ends (the
-   * peer-to-peer package plugs in here: `sharePartialBlobs`).
+   * peer-to-peer package plugs in here: `(blob) => node.sharePartial(blob)`).
    */
   sharePartial?: (blob: PartialBlob) => PartialBlobSink | undefined
   /** Requests in flight per file. Default 16. */

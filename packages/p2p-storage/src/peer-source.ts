@@ -22,9 +22,13 @@ interface Holder {
   address: PeerAddress
   have: Bitfield | undefined
   pieceSize: number
-  /** Piece requests that failed in a row; a peer at 3 is passed over until its list changes. */
+  /** Piece requests that failed in a row: at 3, the peer is passed over for a while. */
   failures: number
+  passedOverUntil: number
 }
+
+/** How long a peer whose piece requests failed 3 times in a row is passed over. */
+const PASS_OVER_MS = 10_000
 
 interface Watch {
   holders: Holder[]
@@ -67,8 +71,9 @@ export class PeerByteSource implements ByteSource {
   /** Whether a peer holds every piece that bytes [start, end) fall in, by its latest piece list. */
   holds(digest: string, start: number, end: number): boolean {
     if (this.closed) return false
+    const now = performance.now()
     return this.watch(digest).holders.some((holder) => {
-      if (holder.have === undefined || holder.failures >= 3) return false
+      if (holder.have === undefined || now < holder.passedOverUntil) return false
       const last = Math.floor((end - 1) / holder.pieceSize)
       for (let index = Math.floor(start / holder.pieceSize); index <= last; index++)
         if (!holder.have.has(index)) return false
@@ -105,7 +110,10 @@ export class PeerByteSource implements ByteSource {
         )
         holder.failures = 0
       } catch (error) {
-        holder.failures++
+        if (++holder.failures >= 3) {
+          holder.failures = 0
+          holder.passedOverUntil = performance.now() + PASS_OVER_MS
+        }
         throw new ByteSourceError({
           failure:
             PeerError.isInstance(error) && error.code === 'LLMESH_PEER_PROTOCOL'
@@ -141,9 +149,10 @@ export class PeerByteSource implements ByteSource {
 
   /** A peer holding the piece at `position`, taking turns among those that do. */
   private holderOf(holders: Holder[], position: number): Holder | undefined {
+    const now = performance.now()
     for (let offset = 0; offset < holders.length; offset++) {
       const holder = holders[(this.next + offset) % holders.length]!
-      if (holder.have === undefined || holder.failures >= 3) continue
+      if (holder.have === undefined || now < holder.passedOverUntil) continue
       if (holder.have.has(Math.floor(position / holder.pieceSize))) {
         this.next = (this.next + offset + 1) % holders.length
         return holder
@@ -191,6 +200,7 @@ export class PeerByteSource implements ByteSource {
       have: undefined,
       pieceSize: 0,
       failures: 0,
+      passedOverUntil: 0,
     }))
     const watch: Watch = {
       holders,
@@ -228,7 +238,6 @@ export class PeerByteSource implements ByteSource {
         for await (const answer of this.node.watchHave(holder.address, digest, { signal })) {
           holder.have = answer.have
           holder.pieceSize = answer.pieceSize
-          holder.failures = 0
           answered()
         }
         if (holder.have?.complete) break
