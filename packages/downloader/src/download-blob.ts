@@ -23,6 +23,7 @@ import { DownloadError, type SourceFailure, systemErrorCode } from './errors.js'
 import { Journal } from './journal.js'
 import { openPartialFile, writeAll } from './partial-files.js'
 import type { DownloadProgressEvent } from './progress.js'
+import { SharedMemoryCopier } from './shared-memory.js'
 import { TokenBucket } from './token-bucket.js'
 import { type HasherMessage, PieceSlots, WholeFileHasher } from './whole-file-hasher.js'
 
@@ -293,6 +294,8 @@ export async function downloadBlob(options: DownloadBlobOptions): Promise<Downlo
     ),
     pieceSize,
   )
+  // Pieces arrive in the slots' shared memory: see SharedMemoryCopier.
+  const copier = new SharedMemoryCopier()
   const active = new Map<number, Set<PieceRequest>>()
   /** Requests whose bytes are still arriving. */
   const receiving = new Set<PieceRequest>()
@@ -679,7 +682,7 @@ export async function downloadBlob(options: DownloadBlobOptions): Promise<Downlo
             digest: expected,
             message: `${state.source.id} sent more than the ${bytes.byteLength} bytes of piece ${request.piece}`,
           })
-        bytes.set(chunk, received)
+        copier.copy(bytes, received, chunk)
         pieceHash?.update(chunk)
         received += chunk.byteLength
         if (
