@@ -6,9 +6,12 @@
  *   2. swarm: one seed and N leechers (8, and 4), every node's upload capped at 32 MiB/s: when
  *      each finishes, and how much the seed uploaded;
  *   3. a lying peer (one byte flipped in every fourth piece) beside an honest one: pieces wasted,
- *      time to ban.
+ *      time to ban;
+ *   4. pulls: N nodes pull one file at once through the downloader from one mirror (every mirror
+ *      connection capped), sharing their verified pieces, against the same pulls without peers:
+ *      when all are done, and how much the mirror sent.
  *
- *   node bench/p2p.bench.ts [--size-mib 1024] [--only transfer,swarm,liar] [--leechers 4,8] [--runs 3] [--smoke]
+ *   node bench/p2p.bench.ts [--size-mib 1024] [--only transfer,swarm,liar,pulls] [--leechers 4,8] [--pullers 4] [--runs 3] [--smoke]
  *
  * Writes bench/results/p2p.json and the table in README.md after a complete run (not --smoke).
  */
@@ -22,6 +25,7 @@ import { parseArgs } from 'node:util'
 import { tuneHeapForTransfers } from '@llmesh/downloader'
 import { createManifest } from '@llmesh/manifest'
 import { createPeerNode } from '@llmesh/p2p-storage'
+import { startMirror } from '@llmesh/testkit'
 import { multiaddr } from '@multiformats/multiaddr'
 
 const { values } = parseArgs({
@@ -30,6 +34,7 @@ const { values } = parseArgs({
     only: { type: 'string' },
     smoke: { type: 'boolean', default: false },
     leechers: { type: 'string' },
+    pullers: { type: 'string', default: '4' },
     runs: { type: 'string', default: '3' },
   },
 })
@@ -38,7 +43,7 @@ tuneHeapForTransfers()
 const smoke = values.smoke
 const sizeMiB = smoke ? 16 : Number(values['size-mib'])
 const size = sizeMiB * 1024 * 1024
-const sections = new Set(values.only?.split(',') ?? ['transfer', 'swarm', 'liar'])
+const sections = new Set(values.only?.split(',') ?? ['transfer', 'swarm', 'liar', 'pulls'])
 const complete = values.only === undefined && values.leechers === undefined && values.runs === '3'
 const folder = join(tmpdir(), `llmesh-p2p-bench-${process.pid}`)
 const children: ChildProcess[] = []
@@ -163,6 +168,71 @@ async function swarmRun(leechers: number): Promise<SwarmRun> {
     errors: finished.flatMap((entry) => (entry.error === undefined ? [] : [entry.error])),
   }
 }
+/** Per mirror connection, and connections per node, in the pulls: 16 MiB/s per node. */
+const PULL_CONNECTION_CAP = 4 * MiB
+const PULL_MIRROR_CONNECTIONS = 4
+
+interface PullsRun {
+  allFinishedSeconds: number
+  mirrorSentMiB: number
+  /** Bytes the pullers got from each other, over all of them. */
+  fromPeersMiB: number
+  errors: string[]
+}
+
+/** `pullers` nodes pull one file at once from the mirror, with or without each other as peers. */
+async function pullsRun(
+  pullers: number,
+  together: boolean,
+  pull: { manifest: unknown; pieceIndex: unknown; size: number; mirror: { bodyBytesSent: number } },
+): Promise<PullsRun> {
+  const nodes: Ready[] = []
+  for (let index = 0; index < pullers; index++)
+    nodes.push(
+      await startPeer({
+        role: 'puller',
+        manifest: pull.manifest,
+        pieceIndex: pull.pieceIndex,
+        size: pull.size,
+        store: join(folder, `puller-${index}`),
+        mirrorConnections: PULL_MIRROR_CONNECTIONS,
+      }),
+    )
+  const sentBefore = pull.mirror.bodyBytesSent
+  const started = performance.now()
+  const finished = await Promise.all(
+    nodes.map((node, index) =>
+      request<{ seconds: number; bySource?: Record<string, number>; error?: string }>(
+        node.child,
+        {
+          start: together
+            ? nodes.filter((_, position) => position !== index).map((other) => other.addresses[0])
+            : [],
+        },
+        'done',
+      ),
+    ),
+  )
+  const allFinishedSeconds = (performance.now() - started) / 1000
+  for (const node of nodes) node.child.kill()
+  for (let index = 0; index < pullers; index++)
+    await rm(join(folder, `puller-${index}`), { recursive: true, force: true })
+  const fromPeers = finished.reduce(
+    (sum, entry) =>
+      sum +
+      Object.entries(entry.bySource ?? {})
+        .filter(([source]) => source.startsWith('peers:'))
+        .reduce((bytes, [, count]) => bytes + count, 0),
+    0,
+  )
+  return {
+    allFinishedSeconds,
+    mirrorSentMiB: (pull.mirror.bodyBytesSent - sentBefore) / MiB,
+    fromPeersMiB: fromPeers / MiB,
+    errors: finished.flatMap((entry) => (entry.error === undefined ? [] : [entry.error])),
+  }
+}
+
 const results: Record<string, unknown> = {
   date: new Date().toISOString().slice(0, 10),
   cpu: cpus()[0]?.model.trim(),
@@ -310,6 +380,57 @@ try {
       `| lying peer (a byte flipped in every fourth piece) beside an honest one | banned after ${ban === undefined ? '-' : `${ban.afterMs.toFixed(0)} ms`}; ${done.wastedPieces} piece(s) of ${(pieceSize / MiB).toFixed(0)} MiB wasted; file correct | | | banned on its first bad piece |`,
     )
     for (const child of [liar, honest, leecher]) child.child.kill()
+  }
+
+  if (sections.has('pulls')) {
+    // A quarter of the file (at most 256 MiB): alone, a node needs 16 s for 256 MiB.
+    const pullsMiB = smoke ? 16 : Math.min(256, sizeMiB)
+    const pullsFile = join(folder, 'pulls.bin')
+    {
+      const bytes = await readFile(file)
+      await writeFile(pullsFile, bytes.subarray(0, pullsMiB * MiB))
+    }
+    await using mirror = await startMirror({
+      files: { '/pulls.bin': pullsFile },
+      bytesPerSecondPerConnection: PULL_CONNECTION_CAP,
+    })
+    const pulled = await createManifest({
+      files: [{ file: pullsFile, path: 'pulls.bin', mirrors: [mirror.urlOf('/pulls.bin')] }],
+      manifest: { id: 'bench/pulls', version: '1.0.0', license: { id: 'mit' } },
+      allowInsecureMirrors: true,
+    })
+    const pull = {
+      manifest: pulled.manifest,
+      pieceIndex: pulled.pieceIndexes[0]!.toJSON(),
+      size: pullsMiB * MiB,
+      mirror,
+    }
+    const pullers = smoke ? 2 : Number(values.pullers)
+    const byMode: Record<string, PullsRun[]> = { alone: [], together: [] }
+    for (let run = 0; run < (smoke ? 1 : Number(values.runs)); run++)
+      for (const together of [false, true])
+        byMode[together ? 'together' : 'alone']!.push(await pullsRun(pullers, together, pull))
+    const summary = (runs: PullsRun[]) => ({
+      allFinishedSeconds: median(runs.map((run) => run.allFinishedSeconds)),
+      mirrorSentMiB: median(runs.map((run) => run.mirrorSentMiB)),
+      fromPeersMiB: median(runs.map((run) => run.fromPeersMiB)),
+      failed: runs.reduce((sum, run) => sum + run.errors.length, 0),
+    })
+    const alone = summary(byMode.alone!)
+    const together = summary(byMode.together!)
+    results.pulls = {
+      pullers,
+      sizeMiB: pullsMiB,
+      mirrorConnectionsPerNode: PULL_MIRROR_CONNECTIONS,
+      capPerConnectionMiB: PULL_CONNECTION_CAP / MiB,
+      alone,
+      together,
+      runs: byMode,
+    }
+    console.log('4. pulls', results.pulls)
+    rows.push(
+      `| pulls: ${pullers} nodes pull ${pullsMiB} MiB at once from one mirror (${PULL_MIRROR_CONNECTIONS} connections of ${PULL_CONNECTION_CAP / MiB} MiB/s each per node), sharing verified pieces | all done in ${together.allFinishedSeconds.toFixed(1)} s (runs: ${byMode.together!.map((run) => run.allFinishedSeconds.toFixed(1)).join(', ')}); the mirror sent ${together.mirrorSentMiB.toFixed(0)} MiB, the peers ${together.fromPeersMiB.toFixed(0)} MiB${together.failed > 0 ? `; ${together.failed} failed` : ''} | the same pulls without peers: ${alone.allFinishedSeconds.toFixed(1)} s, the mirror sent ${alone.mirrorSentMiB.toFixed(0)} MiB | ${(alone.allFinishedSeconds / together.allFinishedSeconds).toFixed(1)}× faster, ${(alone.mirrorSentMiB / together.mirrorSentMiB).toFixed(1)}× less from the mirror | reported |`,
+    )
   }
 } finally {
   for (const child of children) child.kill()

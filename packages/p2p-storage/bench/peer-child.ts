@@ -5,20 +5,33 @@
  *
  * A seed serves `file` (optionally lying: `flip` corrupts every fourth piece); it also answers a
  * bare libp2p stream (`/bench/raw/1.0.0`, the file's bytes, nothing else) and raw TCP (the file
- * on a plain socket), the anchors. A leecher waits for `{ start: peers }`, downloads, and reports.
+ * on a plain socket), the anchors. A leecher waits for `{ start: peers }`, downloads, and reports;
+ * a puller does the same through the downloader (a pull from the manifest's mirrors, beside the
+ * peers, sharing its verified pieces while it runs).
  */
 import { createReadStream } from 'node:fs'
 import { open } from 'node:fs/promises'
 import { createServer } from 'node:net'
-import { tuneHeapForTransfers } from '@llmesh/downloader'
-import type { PieceIndexDocument } from '@llmesh/manifest'
-import { Bitfield, createPeerNode, downloadFromPeers, StoreBlobProvider } from '@llmesh/p2p-storage'
+import { createDownloader, ModelStore, tuneHeapForTransfers } from '@llmesh/downloader'
+import { type Manifest, PieceIndex, type PieceIndexDocument } from '@llmesh/manifest'
+import {
+  Bitfield,
+  createPeerNode,
+  downloadFromPeers,
+  PeerByteSource,
+  StoreBlobProvider,
+} from '@llmesh/p2p-storage'
 
 // As the llmesh CLI does at startup (every role, the anchors' included).
 tuneHeapForTransfers()
 
 const setup = JSON.parse(process.argv[2]!) as {
-  role: 'seed' | 'leecher'
+  /** A puller pulls `manifest` into the store at `store` with the downloader: mirrors and peers. */
+  role: 'seed' | 'leecher' | 'puller'
+  manifest?: Manifest
+  store?: string
+  /** Mirror connections a puller keeps. */
+  mirrorConnections?: number
   file?: string
   output?: string
   size: number
@@ -28,7 +41,8 @@ const setup = JSON.parse(process.argv[2]!) as {
   encryption?: 'tls' | 'noise'
   lie?: 'flip'
 }
-const provider = new StoreBlobProvider()
+const store = setup.store === undefined ? undefined : await ModelStore.open({ root: setup.store })
+const provider = new StoreBlobProvider(store)
 const node = await createPeerNode({
   provider,
   ...(setup.encryption === undefined ? {} : { encryption: [setup.encryption] }),
@@ -87,6 +101,37 @@ process.on('message', async (message: { start?: string[]; report?: boolean }) =>
       uploaded: [...node.uploaded.values()].reduce((sum, bytes) => sum + bytes, 0),
       cpuSeconds: cpuSeconds(),
     })
+    return
+  }
+  if (message.start !== undefined && setup.role === 'puller') {
+    const peers = message.start
+    const started = performance.now()
+    const downloader = createDownloader({
+      store: store!,
+      allowInsecureMirrors: true,
+      maxConnectionsPerSource: setup.mirrorConnections ?? 4,
+      initialConnectionsPerSource: setup.mirrorConnections ?? 4,
+      ...(peers.length === 0
+        ? {}
+        : {
+            extraSources: () => [new PeerByteSource(node, peers)],
+            sharePartial: (blob) => node.sharePartial(blob),
+          }),
+    })
+    try {
+      const result = await downloader.pull(setup.manifest!, {
+        pieceIndexes: [PieceIndex.fromJSON(setup.pieceIndex)],
+      })
+      process.send!({
+        done: true,
+        seconds: (performance.now() - started) / 1000,
+        bySource: result.files[0]!.bySource,
+      })
+    } catch (error) {
+      process.send!({ done: true, error: String(error) })
+    } finally {
+      await downloader.close()
+    }
     return
   }
   if (message.start !== undefined) {
