@@ -578,7 +578,9 @@ export async function downloadBlob(options: DownloadBlobOptions): Promise<Downlo
       return index
     }
     // Endgame: nothing left to hand out. Duplicate the slowest lone request, so that one slow
-    // connection cannot hold the last percent; the first copy to arrive wins.
+    // connection cannot hold the last percent; the first copy to arrive wins. Not before: pieces
+    // left to a peer, or that this source does not hold, are still to be handed out.
+    if (lowestMissingIndex() !== undefined) return undefined
     let candidate: PieceRequest | undefined
     for (const requests of active.values()) {
       if (requests.size !== 1) continue

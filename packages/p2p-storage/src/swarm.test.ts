@@ -151,7 +151,10 @@ describe('swarm download over real libp2p nodes', () => {
       path: at('bounded'),
       maxInFlightBytesPerPeer: 4 * PIECE_SIZE,
     })
-    expect(mostAtOnce).toBe(4)
+    // At most 4 at once (fewer when pieces resolve faster than they are written: the window
+    // frees a request's place only after its piece is on disk).
+    expect(mostAtOnce).toBeLessThanOrEqual(4)
+    expect(mostAtOnce).toBeGreaterThanOrEqual(2)
     // Without the bound the window grows to 16 requests.
     mostAtOnce = 0
     await downloadFromPeers({
