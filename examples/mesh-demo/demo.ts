@@ -282,6 +282,8 @@ async function startNode(name: string, setup: NodeSetup, peers: string[]) {
   const downloader = createDownloader({
     store,
     allowInsecureMirrors: true,
+    // While it pulls, the node serves the pieces it verified (as `llmesh node` does).
+    sharePartial: (blob) => peer.sharePartial(blob),
     ...(peers.length === 0 ? {} : { extraSources: () => [new PeerByteSource(peer, peers)] }),
   })
   say(
