@@ -9,9 +9,11 @@
  *      time to ban;
  *   4. pulls: N nodes pull one file at once through the downloader from one mirror (every mirror
  *      connection capped), sharing their verified pieces, against the same pulls without peers:
- *      when all are done, and how much the mirror sent.
+ *      when all are done, and how much the mirror sent;
+ *   5. DHT: 200 nodes in this process, each bootstrapped from one before it; 3 announce a blob,
+ *      10 others look for it: how long, how many found, against asking a known peer directly.
  *
- *   node bench/p2p.bench.ts [--size-mib 1024] [--only transfer,swarm,liar,pulls] [--leechers 4,8] [--pullers 4] [--runs 3] [--smoke]
+ *   node bench/p2p.bench.ts [--size-mib 1024] [--only transfer,swarm,liar,pulls,dht] [--leechers 4,8] [--pullers 4] [--dht-nodes 200] [--runs 3] [--smoke]
  *
  * Writes bench/results/p2p.json and the table in README.md after a complete run (not --smoke).
  */
@@ -24,7 +26,7 @@ import { join } from 'node:path'
 import { parseArgs } from 'node:util'
 import { tuneHeapForTransfers } from '@llmesh/downloader'
 import { createManifest } from '@llmesh/manifest'
-import { createPeerNode } from '@llmesh/p2p-storage'
+import { Bitfield, createPeerNode, type PeerNode, StoreBlobProvider } from '@llmesh/p2p-storage'
 import { startMirror } from '@llmesh/testkit'
 import { multiaddr } from '@multiformats/multiaddr'
 
@@ -35,6 +37,7 @@ const { values } = parseArgs({
     smoke: { type: 'boolean', default: false },
     leechers: { type: 'string' },
     pullers: { type: 'string', default: '4' },
+    'dht-nodes': { type: 'string', default: '200' },
     runs: { type: 'string', default: '3' },
   },
 })
@@ -43,7 +46,7 @@ tuneHeapForTransfers()
 const smoke = values.smoke
 const sizeMiB = smoke ? 16 : Number(values['size-mib'])
 const size = sizeMiB * 1024 * 1024
-const sections = new Set(values.only?.split(',') ?? ['transfer', 'swarm', 'liar', 'pulls'])
+const sections = new Set(values.only?.split(',') ?? ['transfer', 'swarm', 'liar', 'pulls', 'dht'])
 const complete = values.only === undefined && values.leechers === undefined && values.runs === '3'
 const folder = join(tmpdir(), `llmesh-p2p-bench-${process.pid}`)
 const children: ChildProcess[] = []
@@ -431,6 +434,75 @@ try {
     rows.push(
       `| pulls: ${pullers} nodes pull ${pullsMiB} MiB at once from one mirror (${PULL_MIRROR_CONNECTIONS} connections of ${PULL_CONNECTION_CAP / MiB} MiB/s each per node), sharing verified pieces | all done in ${together.allFinishedSeconds.toFixed(1)} s (runs: ${byMode.together!.map((run) => run.allFinishedSeconds.toFixed(1)).join(', ')}); the mirror sent ${together.mirrorSentMiB.toFixed(0)} MiB, the peers ${together.fromPeersMiB.toFixed(0)} MiB${together.failed > 0 ? `; ${together.failed} failed` : ''} | the same pulls without peers: ${alone.allFinishedSeconds.toFixed(1)} s, the mirror sent ${alone.mirrorSentMiB.toFixed(0)} MiB | ${(alone.allFinishedSeconds / together.allFinishedSeconds).toFixed(1)}× faster, ${(alone.mirrorSentMiB / together.mirrorSentMiB).toFixed(1)}× less from the mirror | reported |`,
     )
+  }
+
+  if (sections.has('dht')) {
+    // Every node in this one process (shared event loop, two cores): slower than nodes on
+    // machines of their own.
+    const count = smoke ? 10 : Number(values['dht-nodes'])
+    const nodes: PeerNode[] = []
+    const seedProviders: StoreBlobProvider[] = []
+    try {
+      for (let index = 0; index < count; index++) {
+        const provider = new StoreBlobProvider()
+        if (index >= count - 3) seedProviders.push(provider)
+        const known = nodes[Math.floor(Math.random() * nodes.length)]
+        nodes.push(
+          await createPeerNode({
+            provider,
+            ...(known === undefined ? {} : { bootstrap: [known.addresses[0]!.toString()] }),
+          }),
+        )
+      }
+      // Let bootstrap dials and identify fill the routing tables.
+      await new Promise((resolve) => setTimeout(resolve, smoke ? 1_000 : 10_000))
+      const seeds = nodes.slice(count - 3)
+      for (const provider of seedProviders)
+        provider.serve(pieceIndex.sha256, {
+          size,
+          pieceSize,
+          have: Bitfield.full(Math.ceil(size / pieceSize)),
+          path: file,
+        })
+      let started = performance.now()
+      await Promise.all(
+        seeds.map((seed) =>
+          seed.announce(pieceIndex.sha256, { signal: AbortSignal.timeout(60_000) }),
+        ),
+      )
+      const announceSeconds = (performance.now() - started) / 1000
+      const lookups: number[] = []
+      const direct: number[] = []
+      let found = 0
+      for (const asker of nodes.slice(0, 10)) {
+        started = performance.now()
+        const peers = await asker
+          .findPeers(pieceIndex.sha256, { signal: AbortSignal.timeout(30_000), limit: 1 })
+          .catch(() => [])
+        lookups.push(performance.now() - started)
+        if (peers.length > 0) found++
+        // The anchor: asking a peer it already knows (a configured one) for its piece list.
+        started = performance.now()
+        await asker.have(seeds[direct.length % seeds.length]!.addresses, pieceIndex.sha256)
+        direct.push(performance.now() - started)
+      }
+      const dht = {
+        nodes: count,
+        announceSeconds,
+        found,
+        askers: lookups.length,
+        lookupMs: { median: median(lookups), max: Math.max(...lookups), runs: lookups },
+        directHaveMs: { median: median(direct), runs: direct },
+        rssMiB: process.memoryUsage().rss / MiB,
+      }
+      results.dht = dht
+      console.log('5. dht', dht)
+      rows.push(
+        `| DHT: ${count} nodes (one process), 3 announce a blob, 10 others look for it | announced in ${announceSeconds.toFixed(1)} s; found by ${found} of ${lookups.length}, median ${dht.lookupMs.median.toFixed(0)} ms, slowest ${dht.lookupMs.max.toFixed(0)} ms | asking a known peer directly: median ${dht.directHaveMs.median.toFixed(0)} ms | ${(dht.lookupMs.median / dht.directHaveMs.median).toFixed(1)}× a direct ask | reported |`,
+      )
+    } finally {
+      await Promise.all(nodes.map((node) => node.stop().catch(() => {})))
+    }
   }
 } finally {
   for (const child of children) child.kill()
