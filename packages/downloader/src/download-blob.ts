@@ -485,12 +485,17 @@ export async function downloadBlob(options: DownloadBlobOptions): Promise<Downlo
     for (let index = lowestMissing; index < count; index++) {
       if (done.has(index) || active.has(index)) continue
       if (peers.some((peer) => holds(peer, index))) continue
-      if (avoid.get(index)?.has(state) && others.some((other) => !avoid.get(index)?.has(other)))
-        continue
+      if (avoided(state, index, others)) continue
       // Each candidate replaces the choice with probability 1/n: a uniform draw in one pass.
       if (Math.random() * ++candidates < 1) chosen = index
     }
     return chosen
+  }
+
+  /** A source that served a bad copy of a piece gets it again only if nobody else can serve it. */
+  function avoided(state: SourceState, piece: number, others: SourceState[]): boolean {
+    const blamed = avoid.get(piece)
+    return blamed?.has(state) === true && others.some((other) => !blamed.has(other))
   }
 
   function spares(peer: SourceState, piece: number, now: number): boolean {
@@ -572,9 +577,7 @@ export async function downloadBlob(options: DownloadBlobOptions): Promise<Downlo
       // sharing saves.
       if (state.source.holds === undefined && telling.some((peer) => spares(peer, index, now)))
         continue
-      // A source that served a bad copy gets the piece again only if nobody else can serve it.
-      if (avoid.get(index)?.has(state) && others.some((other) => !avoid.get(index)?.has(other)))
-        continue
+      if (avoided(state, index, others)) continue
       return index
     }
     // Endgame: nothing left to hand out. Duplicate the slowest lone request, so that one slow
