@@ -43,9 +43,12 @@ export async function measure(
   const sampler = setInterval(() => {
     peakRssBytes = Math.max(peakRssBytes, readPeakRss(child))
   }, 20)
+  // Timed to 'exit'; read to 'close', which can come later, once stdout is read to its end.
+  const closed = new Promise<void>((resolve) => child.once('close', () => resolve()))
   const code = await new Promise<number | null>((resolve) => child.once('exit', resolve))
   clearInterval(sampler)
   const seconds = Number(process.hrtime.bigint() - started) / 1e9
+  await closed
   if (code !== 0) throw new Error(`${command} ${args.join(' ')} exited ${code}: ${stderr}`)
   return { seconds, peakRssBytes, stdout }
 }

@@ -99,7 +99,8 @@ async function runWrk(
     child.once('error', (error) =>
       reject(new Error(`wrk could not start (${error.message}); install it: apt-get install wrk`)),
     )
-    child.once('exit', resolve)
+    // 'close', not 'exit': 'exit' can come before stdout is read to its end (the summary lost).
+    child.once('close', resolve)
   })
   const line = output.split('\n').find((text) => text.startsWith('{'))
   if (code !== 0 || line === undefined) throw new Error(`wrk ${script} failed (${code}): ${output}`)
