@@ -52,6 +52,11 @@ import {
   pieceRequestSchema,
 } from './protocol.js'
 
+/** After a dial the peer reset, the wait before the one redial: libp2p's rate window is a second. */
+const REDIAL_AFTER_RESET_MS = 1_000
+/** Spreads the redials of peers that were refused together. */
+const REDIAL_JITTER_MS = 250
+
 /** A stream and its length-prefixed reader and writer. */
 interface Channel {
   stream: Stream
@@ -95,6 +100,12 @@ export interface PeerNodeOptions {
     downloadBytesPerSecondPerPeer?: number
     /** Connections open at once (libp2p's `maxConnections`); libp2p's default otherwise. */
     maxPeers?: number
+    /**
+     * New connections accepted per second from one IP address (libp2p's
+     * `inboundConnectionThreshold`); past it a connection is refused. Default 5, libp2p's. Raise it
+     * where many peers share one address (behind one NAT, or all on one machine).
+     */
+    connectionsPerHostPerSecond?: number
   }
   logger?: Logger
 }
@@ -151,9 +162,14 @@ export class PeerNode {
       addresses: { listen: options.listen ?? ['/ip4/127.0.0.1/tcp/0'] },
       transports: [tcp()],
       connectionEncrypters: encrypters,
-      ...(options.limits?.maxPeers === undefined
-        ? {}
-        : { connectionManager: { maxConnections: options.limits.maxPeers } }),
+      connectionManager: {
+        ...(options.limits?.maxPeers === undefined
+          ? {}
+          : { maxConnections: options.limits.maxPeers }),
+        ...(options.limits?.connectionsPerHostPerSecond === undefined
+          ? {}
+          : { inboundConnectionThreshold: options.limits.connectionsPerHostPerSecond }),
+      },
       // A piece (1 MiB or more) fits one stream window, so a request needs no window-update round trips.
       streamMuxers: [
         yamux({
@@ -419,7 +435,18 @@ export class PeerNode {
   ): Promise<Channel> {
     let stream: Stream
     try {
-      stream = await this.libp2p.dialProtocol(dialable(peer), protocol, options)
+      stream = await this.libp2p
+        .dialProtocol(dialable(peer), protocol, options)
+        .catch(async (error: unknown) => {
+          // A peer refuses a connection by resetting it, before the handshake ends: past its cap on
+          // connections, or past its cap on new connections per second from one address (5 by
+          // default, which peers behind one NAT or on one machine share). The second clears
+          // within a second, so the dial goes again once, after that.
+          if (options.signal?.aborted || !resetBeforeConnected(error)) throw error
+          this.log('%s reset a dial; dialling again in a second', peerIdOf(peer))
+          await sleep(REDIAL_AFTER_RESET_MS + Math.random() * REDIAL_JITTER_MS, options)
+          return this.libp2p.dialProtocol(dialable(peer), protocol, options)
+        })
     } catch (error) {
       if (options.signal?.aborted) throw error
       throw new PeerError({
@@ -699,4 +726,17 @@ export function peerIdOf(address: PeerAddress): string {
   if (!isMultiaddr(first)) return first.toString()
   const peer = first.getComponents().findLast((component) => component.name === 'p2p')
   return peer?.value ?? first.toString()
+}
+
+/**
+ * Whether a dial failed because the peer reset the connection before it was up: by TCP (`connect
+ * ECONNRESET`) or during the encryption handshake (`read ECONNRESET`). libp2p wraps such errors
+ * in its own, so the causes and the errors of an aggregate are searched too.
+ */
+function resetBeforeConnected(error: unknown, depth = 0): boolean {
+  if (!(error instanceof Error) || depth > 4) return false
+  if ((error as { code?: unknown }).code === 'ECONNRESET' || /\bECONNRESET\b/.test(error.message))
+    return true
+  const inner = error instanceof AggregateError ? [...error.errors, error.cause] : [error.cause]
+  return inner.some((cause) => resetBeforeConnected(cause, depth + 1))
 }

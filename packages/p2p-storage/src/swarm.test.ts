@@ -393,6 +393,16 @@ describe('swarm download over real libp2p nodes', () => {
     expect((await second.have(server.addresses, pieceIndex.sha256)).have.complete).toBe(true)
   })
 
+  it('dials again, once, a peer that refused a connection past its rate of new connections from one address', async () => {
+    const server = await seed({ limits: { connectionsPerHostPerSecond: 1 } })
+    const first = await node()
+    const second = await node()
+    expect((await first.have(server.addresses, pieceIndex.sha256)).have.complete).toBe(true)
+    // Both dial from 127.0.0.1: the second connection within the second is refused (reset), and
+    // the redial a second later is accepted.
+    expect((await second.have(server.addresses, pieceIndex.sha256)).have.complete).toBe(true)
+  })
+
   it('reads any byte range as a byte source, across pieces and the chunks they arrive in', async () => {
     const server = await seed()
     const client = await node()

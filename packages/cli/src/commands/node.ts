@@ -84,6 +84,8 @@ export const nodeConfigSchema = z.strictObject({
       downloadBytesPerSecond: z.number().positive().optional(),
       /** Connections to peers open at once. */
       maxPeers: z.number().int().positive().optional(),
+      /** New connections accepted per second from one IP address (5 by default). */
+      connectionsPerHostPerSecond: z.number().int().positive().optional(),
     })
     .prefault({}),
 })
@@ -126,6 +128,9 @@ export function registerNodeCommands(program: Command, context: CommandContext):
                   ? {}
                   : { downloadBytesPerSecond: config.p2p.downloadBytesPerSecond }),
                 ...(config.p2p.maxPeers === undefined ? {} : { maxPeers: config.p2p.maxPeers }),
+                ...(config.p2p.connectionsPerHostPerSecond === undefined
+                  ? {}
+                  : { connectionsPerHostPerSecond: config.p2p.connectionsPerHostPerSecond }),
               },
             })
           : undefined
