@@ -451,7 +451,7 @@ export class PeerNode {
       if (options.signal?.aborted) throw error
       throw new PeerError({
         code: 'LLMESH_PEER_UNREACHABLE',
-        message: `could not open ${protocol} to peer ${peerIdOf(peer)}: ${error instanceof Error ? error.message : String(error)}`,
+        message: `could not open ${protocol} to peer ${peerIdOf(peer)}: ${describeDialFailure(error, this.options.privateNetworkKey !== undefined)}`,
         peer: peerIdOf(peer),
         digest,
         cause: error,
@@ -739,4 +739,24 @@ function resetBeforeConnected(error: unknown, depth = 0): boolean {
     return true
   const inner = error instanceof AggregateError ? [...error.errors, error.cause] : [error.cause]
   return inner.some((cause) => resetBeforeConnected(cause, depth + 1))
+}
+
+/** A failed dial in words, with libp2p's own message where it says enough. */
+function describeDialFailure(error: unknown, privateNetwork: boolean): string {
+  if (!(error instanceof Error)) return String(error)
+  // The address answered with a peer id other than its /p2p/ part: libp2p's UnexpectedPeerError,
+  // which its TLS encrypter rethrows as an EncryptionFailedError with the same message.
+  if (error.name === 'UnexpectedPeerError' || error.message === 'Unexpected Peer')
+    return 'the node at that address has another peer id (a stale or mistyped address?)'
+  // A differing private network key (or one on a single side) turns the handshake into garbage of
+  // any length: the peer resets the connection, or libp2p fails on a length too long, or it waits
+  // until its dial timeout.
+  const otherKey = `another private network key than this node (which has ${privateNetwork ? 'one' : 'none'})`
+  if (resetBeforeConnected(error))
+    return `the peer reset the connection before the handshake ended (${error.message}): it turns away connections past its caps (on connections, or on new ones per second from one address), or it uses ${otherKey}`
+  if (error.name === 'EncryptionFailedError')
+    return `the encryption handshake failed (${error.message}): does the peer use ${otherKey}?`
+  if (error.name === 'TimeoutError')
+    return `no connection within libp2p's dial timeout (${error.message}): the peer is down or filtered`
+  return error.message
 }
