@@ -24,6 +24,14 @@ export interface ByteSource {
    * pieces it holds; a source without this method is taken to hold every byte.
    */
   holds?(digest: string, start: number, end: number): boolean
+  /**
+   * Whether anyone behind this source takes part in `digest` now, holding it or fetching it (a
+   * peer that answered about it), where it can tell without asking. Beside a source that does, a
+   * mirror is asked for pieces at random, so that nodes that pull together fetch different ones;
+   * beside one that does not, in order, so that the whole-file digest keeps up without reading
+   * pieces back. A source with `holds()` but without this method is taken to take part.
+   */
+  takesPart?(digest: string): boolean
   /** Lets go of what the source keeps open (a peer's piece list it watches); called once it is done. */
   close?(): Promise<void> | void
 }

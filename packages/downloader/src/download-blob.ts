@@ -563,11 +563,15 @@ export async function downloadBlob(options: DownloadBlobOptions): Promise<Downlo
 
   function pickPiece(state: SourceState, now: number): number | undefined {
     const others = states.filter((other) => other !== state && !other.dropped)
-    // Beside peers that tell what they hold, even peers that hold nothing yet: two nodes that
-    // start together hold the same pieces while they go in order, so neither would ever hold one
-    // the other lacks.
+    // At random beside peers that take part in the blob, even those that hold nothing yet: two
+    // nodes that start together hold the same pieces while they go in order, so neither would ever
+    // hold one the other lacks. Not beside peers that neither hold nor fetch it: random order
+    // would cost the in-order whole-file digest its pace for nothing.
     const telling = others.filter((other) => other.source.holds !== undefined)
-    if (state.source.holds === undefined && telling.length > 0) {
+    if (
+      state.source.holds === undefined &&
+      telling.some((peer) => peer.source.takesPart?.(digestKey) ?? true)
+    ) {
       const piece = pickPieceNoPeerHolds(state, telling, others)
       if (piece !== undefined) return piece
     }

@@ -180,6 +180,38 @@ describe('engine', () => {
     await fixture.close()
   })
 
+  it('asks a mirror for pieces in order beside peers that take no part in the blob, and at random beside one that does', async () => {
+    const pieces = 32
+    for (const takesPart of [false, true]) {
+      fixture = await createFixture({ size: pieces * PIECE_SIZE, mirrors: 0 })
+      const data = fixture.data
+      const starts: number[] = []
+      const mirror: ByteSource = {
+        id: 'mirror:recording',
+        kind: 'http',
+        async *read({ start, end }) {
+          starts.push(start)
+          yield data.subarray(start, end)
+        },
+      }
+      // A peer that holds nothing; by `takesPart`, it fetches the blob too, or does not serve it.
+      const peer: ByteSource = {
+        id: 'peer:idle',
+        kind: 'peer',
+        holds: () => false,
+        takesPart: () => takesPart,
+        // Never asked, as it holds nothing.
+        async *read() {},
+      }
+      await fixture.downloader.pull(fixture.manifestPath, { sources: [mirror, peer] })
+      await expectVerifiedBlob(fixture.store, fixture.sha256, data)
+      expect(starts).toHaveLength(pieces)
+      const ascending = starts.every((start, index) => index === 0 || start > starts[index - 1]!)
+      expect(ascending).toBe(!takesPart)
+      await fixture.close()
+    }
+  })
+
   it('gives up with a typed error when the sources hold none of the missing pieces for the stall timeout', async () => {
     let reads = 0
     const empty: ByteSource = {

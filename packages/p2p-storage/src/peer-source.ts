@@ -81,6 +81,12 @@ export class PeerByteSource implements ByteSource {
     })
   }
 
+  /** Whether a peer answered about `digest` by its latest word: it holds or fetches the blob. */
+  takesPart(digest: string): boolean {
+    if (this.closed) return false
+    return this.watch(digest).holders.some((holder) => holder.have !== undefined)
+  }
+
   close(): void {
     this.closed = true
     for (const watch of this.watches.values()) watch.controller.abort()

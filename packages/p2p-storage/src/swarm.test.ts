@@ -429,6 +429,28 @@ describe('swarm download over real libp2p nodes', () => {
     expect(Buffer.concat(chunks).equals(blob.subarray(start, end))).toBe(true)
   })
 
+  it('tells, as a byte source, whether a peer takes part in a blob: not before it serves or fetches it', async () => {
+    const idle = await node()
+    const client = await node()
+    const source = new PeerByteSource(client, [idle.addresses], { haveRefreshMs: 50 })
+    // The peer does not serve the blob: it answers "unknown digest".
+    expect(await source.has(pieceIndex.sha256)).toBe(false)
+    expect(source.takesPart(pieceIndex.sha256)).toBe(false)
+    // It starts fetching the blob and serves what it verified (nothing yet).
+    idle.provider.serve(pieceIndex.sha256, {
+      size: SIZE,
+      pieceSize: PIECE_SIZE,
+      have: new Bitfield(pieces),
+      path: blobPath,
+    })
+    await vi.waitFor(() => expect(source.takesPart(pieceIndex.sha256)).toBe(true), {
+      timeout: 5_000,
+      interval: 20,
+    })
+    expect(source.holds(pieceIndex.sha256, 0, PIECE_SIZE)).toBe(false)
+    source.close()
+  })
+
   it('carries one request after another on a kept piece stream, and replaces one that ended', async () => {
     const server = await seed()
     const client = await node()
