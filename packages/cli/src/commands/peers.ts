@@ -37,6 +37,12 @@ async function networkKey(file: string | undefined): Promise<Uint8Array | undefi
   return file === undefined ? undefined : new Uint8Array(await readFile(file))
 }
 
+type SeedOptions = PeerOptions & {
+  uploadLimit?: number
+  maxPeers?: number
+  connectionsPerHost?: number
+}
+
 export function registerPeerCommands(program: Command, context: CommandContext): void {
   withPeerOptions(
     program
@@ -50,7 +56,12 @@ export function registerPeerCommands(program: Command, context: CommandContext):
       parseByteSize,
     )
     .option('--max-peers <count>', 'cap on connections to peers open at once', parseInteger)
-    .action(async (options: PeerOptions & { uploadLimit?: number; maxPeers?: number }) =>
+    .option(
+      '--connections-per-host <count>',
+      'new connections accepted per second from one IP address (default 5): raise it when many peers share one address',
+      parseInteger,
+    )
+    .action(async (options: SeedOptions) =>
       withOpenStore(options, async (store) => {
         const output = context.output()
         const privateNetworkKey = await networkKey(options.privateNetworkKey)
@@ -65,6 +76,9 @@ export function registerPeerCommands(program: Command, context: CommandContext):
               ? {}
               : { uploadBytesPerSecond: options.uploadLimit }),
             ...(options.maxPeers === undefined ? {} : { maxPeers: options.maxPeers }),
+            ...(options.connectionsPerHost === undefined
+              ? {}
+              : { connectionsPerHostPerSecond: options.connectionsPerHost }),
           },
         })
         const digests = await node.provider.digests()
