@@ -8,8 +8,10 @@
  * - Each peer's piece list is watched: the peer pushes the pieces it verifies as it goes.
  * - Pieces are chosen at random for the first few (so that new peers soon have something to
  *   trade), then rarest first among the peers not banned.
- * - Each peer has a window of requests in flight that grows while it delivers, so faster peers
- *   carry more; a peer that times out is snubbed (window 1, left alone for a while).
+ * - Each peer has a window of requests in flight that grows while its pieces come without
+ *   queueing there, so faster peers carry more, and a busy seed is asked for few pieces at a time
+ *   (which keeps leechers from asking it for the same ones); a peer that times out is snubbed
+ *   (window 1, left alone for a while).
  * - Endgame: when every missing piece is requested, the last ones are also asked of other peers,
  *   and the losers are cancelled.
  * - The file's verified pieces are journaled, so a download killed at any point resumes without
@@ -57,6 +59,11 @@ export interface SwarmDownloadOptions extends ProgressOptions<SwarmProgressEvent
   maxInFlightPerPeer?: number
   /** Bytes of requested pieces per peer at most, when `maxInFlightPerPeer` is not given; default 64 MiB. */
   maxInFlightBytesPerPeer?: number
+  /**
+   * How long a piece may queue at a peer (past the fastest piece it delivered) before its window
+   * of requests stops growing; past twice this, the window shrinks. Default 100 ms.
+   */
+  queueingTargetMs?: number
   /** A piece not delivered within this long snubs the peer; default 30 s. */
   pieceTimeoutMs?: number
   /** Give up when no piece arrives for this long and no peer has what is missing; default 60 s. */
@@ -94,6 +101,8 @@ interface PeerState {
   /** Why its last request failed, for the error a stalled download ends with. */
   lastFailure?: string
   piecesServed: number
+  /** The shortest time from request to piece of this peer so far: its delay with nothing queued. */
+  fastestPieceMs: number
 }
 
 interface Request {
@@ -125,6 +134,7 @@ export async function downloadFromPeers(
       ),
     )
   const pieceTimeoutMs = options.pieceTimeoutMs ?? 30_000
+  const queueingTargetMs = options.queueingTargetMs ?? 100
   const stallTimeoutMs = options.stallTimeoutMs ?? 60_000
   const randomFirst = options.randomFirstPieces ?? 4
   throwIfAborted(options.signal)
@@ -170,6 +180,7 @@ export async function downloadFromPeers(
     unavailableUntil: 0,
     failuresInARow: 0,
     piecesServed: 0,
+    fastestPieceMs: Number.POSITIVE_INFINITY,
   }))
   const requests = new Map<number, Request[]>()
   const writing = new Set<number>()
@@ -267,6 +278,21 @@ export async function downloadFromPeers(
       )
   }
 
+  /**
+   * A peer's window follows how long its pieces queue there (LEDBAT's idea, per piece): it grows
+   * while a piece comes within the target of the fastest one it delivered, and shrinks past twice
+   * the target. A peer that serves many (a seed, an upload limit) thus holds few requests of each,
+   * so that its pieces are asked for when they are needed, and leechers seldom ask it, at once,
+   * for the same pieces (its upload is the swarm's scarcest bandwidth); a fast peer, or one far
+   * away, where the delay is its distance and not a queue, gets the full window.
+   */
+  const adjustWindow = (peer: PeerState, pieceMs: number) => {
+    peer.fastestPieceMs = Math.min(peer.fastestPieceMs, pieceMs)
+    const queuedMs = pieceMs - peer.fastestPieceMs
+    if (queuedMs <= queueingTargetMs) peer.window = Math.min(maxWindow, peer.window + 1)
+    else if (queuedMs > 2 * queueingTargetMs && peer.window > 2) peer.window--
+  }
+
   const request = (peer: PeerState, index: number) => {
     const controller = new AbortController()
     const entry: Request = { peer, index, controller }
@@ -275,9 +301,11 @@ export async function downloadFromPeers(
     requests.set(index, list)
     peer.inFlight.add(index)
     const timeout = AbortSignal.timeout(pieceTimeoutMs)
+    const requestedAt = performance.now()
     node
       .piece(peer.address, digest, index, { signal: anySignal(signal, controller.signal, timeout) })
       .then(async (chunks) => {
+        adjustWindow(peer, performance.now() - requestedAt)
         // Copied into a buffer that the file writes from (see PieceFile), then verified there.
         const bytes = await file.stage(chunks, signal)
         let valid: boolean
@@ -316,7 +344,6 @@ export async function downloadFromPeers(
         lastProgressAt = performance.now()
         peer.piecesServed++
         peer.failuresInARow = 0
-        peer.window = Math.min(maxWindow, peer.window + 1)
         emitProgress(options, 'p2p:piece-verified', {
           digest,
           index,

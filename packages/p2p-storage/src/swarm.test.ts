@@ -166,6 +166,36 @@ describe('swarm download over real libp2p nodes', () => {
     expect(mostAtOnce).toBeGreaterThan(4)
   })
 
+  it('asks a peer whose pieces queue behind its upload limit for few at once', async () => {
+    // 64 KiB pieces at 1 MiB/s: past the limit's first MiB, a piece leaves every 62.5 ms, so each
+    // request more in flight adds 62.5 ms of queueing to every piece.
+    const server = await seed({ limits: { uploadBytesPerSecond: 1024 * 1024 } })
+    const leecher = await node()
+    const piece = leecher.piece.bind(leecher)
+    let inFlight = 0
+    let delivered = 0
+    let mostAtOnceLater = 0
+    leecher.piece = async (...request) => {
+      inFlight++
+      // Once the first MiB (the limit's burst, which comes at once) and more are delivered.
+      if (delivered >= 30) mostAtOnceLater = Math.max(mostAtOnceLater, inFlight)
+      try {
+        const chunks = await piece(...request)
+        delivered++
+        return chunks
+      } finally {
+        inFlight--
+      }
+    }
+    const path = at('queued')
+    await downloadFromPeers({ node: leecher, peers: [server.addresses], pieceIndex, path })
+    expect(Buffer.from(await readFile(path)).equals(Buffer.from(blob))).toBe(true)
+    // The window grew to 16 while the burst came, and shrank as pieces queued past 200 ms (a
+    // queue of 4 pieces): a window that only grows keeps 16 requests waiting there.
+    expect(mostAtOnceLater).toBeGreaterThan(0)
+    expect(mostAtOnceLater).toBeLessThanOrEqual(6)
+  })
+
   it('keeps downloads under the rate limits, over all peers and per peer', async () => {
     const seeds = [await seed(), await seed(), await seed()]
     const rate = 4 * 1024 * 1024
