@@ -60,7 +60,7 @@ export {
 } from './errors.js'
 export { tuneHeapForTransfers } from './garbage-collection.js'
 export { Journal, type JournalHeader } from './journal.js'
-export { PieceFile, type PieceFileOptions } from './piece-file.js'
+export { PieceFile, type PieceFileOptions, type VerifyAndWriteOptions } from './piece-file.js'
 export type { DownloadProgressEvent } from './progress.js'
 export { FileSource } from './sources/file-source.js'
 export { DEFAULT_HF_ENDPOINT, type HfReference, hfResolveUrl, parseHfUri } from './sources/hf.js'

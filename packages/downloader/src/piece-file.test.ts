@@ -7,14 +7,17 @@ import { PieceFile } from './piece-file.js'
 
 const PIECE = 64 * 1024
 
+const sha256 = (bytes: Uint8Array) => createHash('sha256').update(bytes).digest()
+
 /** Writes `content` in pieces, in the order given, from chunks of uneven sizes. */
 async function writePieces(file: PieceFile, content: Buffer, order: number[]): Promise<void> {
   await Promise.all(
     order.map(async (index) => {
       const piece = content.subarray(index * PIECE, (index + 1) * PIECE)
       const chunks = [piece.subarray(0, 1000), piece.subarray(1000, 40_000), piece.subarray(40_000)]
-      const staged = await file.stage(chunks)
-      await file.write(staged, index * PIECE)
+      expect(
+        await file.verifyAndWrite(chunks, { position: index * PIECE, sha256: sha256(piece) }),
+      ).toBe(true)
     }),
   )
 }
@@ -61,31 +64,41 @@ describe('PieceFile', () => {
     })
   })
 
-  it('hashes staged bytes off the main thread, to the same SHA-256', async () => {
+  it('checks a piece against its SHA-256, and writes nothing when it does not match', async () => {
     await withTempDir(async (folder) => {
-      const file = await PieceFile.open(join(folder, 'blob'), {
-        size: content.length,
-        pieceSize: PIECE,
-      })
-      const last = content.subarray(4 * PIECE)
-      const staged = await file.stage([last])
-      expect(Buffer.from(await file.sha256(staged)).toString('hex')).toBe(
-        createHash('sha256').update(last).digest('hex'),
+      const path = join(folder, 'blob')
+      const file = await PieceFile.open(path, { size: content.length, pieceSize: PIECE })
+      const piece = content.subarray(PIECE, 2 * PIECE)
+      const forged = Buffer.from(piece)
+      forged[100]! ^= 0xff
+      expect(await file.verifyAndWrite([forged], { position: PIECE, sha256: sha256(piece) })).toBe(
+        false,
       )
-      file.release(staged)
+      // A second copy is checked without being written.
+      expect(
+        await file.verifyAndWrite([piece], {
+          position: PIECE,
+          sha256: sha256(piece),
+          write: false,
+        }),
+      ).toBe(true)
       await file.close()
+      expect((await readFile(path)).subarray(PIECE, 2 * PIECE).equals(Buffer.alloc(PIECE))).toBe(
+        true,
+      )
     })
   })
 
-  it('stages chunks that start at any alignment, as they come off a network stream', async () => {
+  it('takes chunks that start at any alignment, and moves those that own their whole buffer', async () => {
     await withTempDir(async (folder) => {
       const pieceSize = 256 * 1024
       const piece = randomBytes(pieceSize)
-      // Each chunk starts at an odd place of a larger buffer, as a frame's payload does; one is
-      // larger than the room of the staging copy's bounce buffer.
-      const cuts = [0, 3, 5000, 5001, 5000 + 150_000, pieceSize]
+      // Some chunks start at an odd place of a larger buffer, as a frame's payload does; others
+      // own all of theirs, as a TLS record does.
+      const cuts = [0, 3, 5000, 5001, 5000 + 150_000, 200_000, pieceSize]
       const chunks = cuts.slice(1).map((end, position) => {
         const start = cuts[position]!
+        if (position % 2 === 1) return new Uint8Array(piece.subarray(start, end))
         const carrier = Buffer.alloc(end - start + 16)
         const lead = 1 + ((position * 3) % 7)
         piece.copy(carrier, lead, start, end)
@@ -93,58 +106,69 @@ describe('PieceFile', () => {
       })
       const path = join(folder, 'blob')
       const file = await PieceFile.open(path, { size: pieceSize, pieceSize })
-      const staged = await file.stage(chunks)
-      expect(Buffer.from(staged).equals(piece)).toBe(true)
-      expect(Buffer.from(await file.sha256(staged)).toString('hex')).toBe(
-        createHash('sha256').update(piece).digest('hex'),
-      )
-      await file.write(staged, 0)
+      expect(await file.verifyAndWrite(chunks, { position: 0, sha256: sha256(piece) })).toBe(true)
       await file.close()
       expect((await readFile(path)).equals(piece)).toBe(true)
+      // Moved to the writing thread: empty here. The views of larger buffers were copied.
+      expect(chunks.map((chunk) => chunk.byteLength > 0)).toEqual([
+        true,
+        false,
+        true,
+        false,
+        true,
+        false,
+      ])
     })
   })
 
-  it('makes stage() wait while every buffer holds a piece, and lets an abort end the wait', async () => {
+  it('makes verifyAndWrite() wait while every buffer holds a piece, and lets an abort end the wait', async () => {
     await withTempDir(async (folder) => {
-      const file = await PieceFile.open(join(folder, 'blob'), {
+      const path = join(folder, 'blob')
+      const file = await PieceFile.open(path, {
         size: content.length,
         pieceSize: PIECE,
         buffers: 1,
       })
-      const first = await file.stage([content.subarray(0, PIECE)])
+      const first = content.subarray(0, PIECE)
+      const second = content.subarray(PIECE, 2 * PIECE)
+      const written = file.verifyAndWrite([first], { position: 0, sha256: sha256(first) })
       const controller = new AbortController()
-      const aborted = file.stage([content.subarray(PIECE, 2 * PIECE)], controller.signal)
+      const aborted = file.verifyAndWrite([second], {
+        position: PIECE,
+        sha256: sha256(second),
+        signal: controller.signal,
+      })
       controller.abort(new Error('no longer needed'))
       await expect(aborted).rejects.toThrow('no longer needed')
-
-      let staged = false
-      const second = file.stage([content.subarray(PIECE, 2 * PIECE)]).then((bytes) => {
-        staged = true
-        return bytes
-      })
-      await new Promise((resolve) => setImmediate(resolve))
-      expect(staged).toBe(false)
-      await file.write(first, 0)
-      const bytes = await second
-      expect(Buffer.from(bytes).equals(content.subarray(PIECE, 2 * PIECE))).toBe(true)
-      await file.write(bytes, PIECE)
+      // Handed over once the first is written.
+      let done = false
+      const next = file
+        .verifyAndWrite([second], { position: PIECE, sha256: sha256(second) })
+        .finally(() => {
+          done = true
+        })
+      expect(await written).toBe(true)
+      expect(done).toBe(false)
+      expect(await next).toBe(true)
       await file.close()
+      expect(
+        (await readFile(path)).subarray(0, 2 * PIECE).equals(content.subarray(0, 2 * PIECE)),
+      ).toBe(true)
     })
   })
 
-  it('refuses a piece larger than the piece size, and frees its buffer', async () => {
+  it('refuses a piece larger than the piece size', async () => {
     await withTempDir(async (folder) => {
       const file = await PieceFile.open(join(folder, 'blob'), {
         size: content.length,
         pieceSize: PIECE,
         buffers: 1,
       })
-      await expect(file.stage([content.subarray(0, PIECE), Buffer.alloc(1)])).rejects.toMatchObject(
-        { code: 'LLMESH_INVALID_ARGUMENT' },
-      )
-      const staged = await file.stage([content.subarray(0, PIECE)])
-      expect(staged.byteLength).toBe(PIECE)
-      file.release(staged)
+      const piece = content.subarray(0, PIECE)
+      await expect(
+        file.verifyAndWrite([piece, Buffer.alloc(1)], { position: 0, sha256: sha256(piece) }),
+      ).rejects.toMatchObject({ code: 'LLMESH_INVALID_ARGUMENT' })
+      expect(await file.verifyAndWrite([piece], { position: 0, sha256: sha256(piece) })).toBe(true)
       await file.close()
     })
   })
@@ -156,11 +180,12 @@ describe('PieceFile', () => {
       const file = await PieceFile.open(path, { size: 3000, pieceSize: 1024 })
       expect(file.direct).toBe(false)
       const small = randomBytes(3000)
-      for (const index of [2, 0, 1])
-        await file.write(
-          await file.stage([small.subarray(index * 1024, (index + 1) * 1024)]),
-          index * 1024,
-        )
+      for (const index of [2, 0, 1]) {
+        const piece = small.subarray(index * 1024, (index + 1) * 1024)
+        expect(
+          await file.verifyAndWrite([piece], { position: index * 1024, sha256: sha256(piece) }),
+        ).toBe(true)
+      }
       await file.close()
       expect((await readFile(path)).equals(small)).toBe(true)
     })

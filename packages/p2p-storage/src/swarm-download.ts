@@ -31,6 +31,7 @@ import { PieceIndex, type PieceIndexDocument } from '@llmesh/manifest'
 import { Bitfield } from './bitfield.js'
 import { PeerError } from './errors.js'
 import { type PeerAddress, type PeerNode, peerIdOf } from './peer-node.js'
+import { PieceOrder } from './piece-order.js'
 
 export type SwarmProgressEvent =
   | ProgressEvent<
@@ -198,6 +199,7 @@ export async function downloadFromPeers(
   const ban = (peer: PeerState, reason: string, index: number) => {
     if (peer.banned) return
     peer.banned = true
+    order.invalidate()
     banned.push({ peer: peer.id, reason, afterMs: performance.now() - started })
     log('banned %s: %s (piece %d)', peer.id, reason, index)
     emitProgress(options, 'p2p:peer-banned', { digest, peer: peer.id, reason, piece: index })
@@ -205,45 +207,26 @@ export async function downloadFromPeers(
       for (const request of list) if (request.peer === peer) request.controller.abort()
   }
 
-  const availability = (index: number) => {
-    let count = 0
-    // An indexed loop: this runs for every candidate piece of every choice.
-    for (let position = 0; position < peers.length; position++) {
-      const peer = peers[position]!
-      if (!peer.banned && peer.have?.has(index)) count++
-    }
-    return count
-  }
-
-  // Scratch lists of piece indexes for choosePiece, which runs for every request and every peer of
-  // every pump: allocated once.
-  const candidates = new Int32Array(pieces)
-  const rarest = new Int32Array(pieces)
+  const order = new PieceOrder(have, function* () {
+    for (const peer of peers) if (!peer.banned && peer.have !== undefined) yield peer.have
+  })
   /**
-   * The next piece to ask `peer` for: at random among all for the first few pieces, then rarest
-   * first (fewest requests running, then fewest peers holding it), at random among equals.
+   * The next piece to ask `peer` for: at random for the first few pieces, then rarest first (see
+   * PieceOrder), one that no request asks for yet; in the endgame, the first that only one asks
+   * for, when no such piece is left.
    */
   const choosePiece = (peer: PeerState, endgame: boolean): number | undefined => {
-    let count = 0
-    for (let index = 0; index < pieces; index++) {
-      if (have.has(index) || !peer.have?.has(index) || peer.inFlight.has(index)) continue
+    const held = peer.have
+    if (held === undefined) return undefined
+    let duplicate: number | undefined
+    const first = order.find((index) => {
+      if (!held.has(index) || peer.inFlight.has(index)) return false
       const running = requests.get(index)?.length ?? 0
-      if (running === 0 || (endgame && running < 2)) candidates[count++] = index
-    }
-    if (count === 0) return undefined
-    if (have.count < randomFirst) return candidates[Math.floor(Math.random() * count)]
-    let equals = 0
-    let bestScore = Number.POSITIVE_INFINITY
-    for (let position = 0; position < count; position++) {
-      const index = candidates[position]!
-      const score = (requests.get(index)?.length ?? 0) * 1000 + availability(index)
-      if (score < bestScore) {
-        bestScore = score
-        equals = 0
-      }
-      if (score === bestScore) rarest[equals++] = index
-    }
-    return rarest[Math.floor(Math.random() * equals)]
+      if (running === 0) return true
+      if (endgame && running < 2) duplicate ??= index
+      return false
+    }, have.count < randomFirst)
+    return first ?? duplicate
   }
 
   const pump = () => {
@@ -306,38 +289,38 @@ export async function downloadFromPeers(
       .piece(peer.address, digest, index, { signal: anySignal(signal, controller.signal, timeout) })
       .then(async (chunks) => {
         adjustWindow(peer, performance.now() - requestedAt)
-        // Copied into a buffer that the file writes from (see PieceFile), then verified there.
-        const bytes = await file.stage(chunks, signal)
-        let valid: boolean
+        const { start, end } = pieceIndex.range(index)
+        const length = chunks.reduce((sum, chunk) => sum + chunk.byteLength, 0)
+        // Verified even when another copy came first (then not written): a liar is caught by any
+        // bad piece it sends. Claimed before the first await, so that it is written once.
+        const write = !have.has(index) && !writing.has(index)
+        if (write) writing.add(index)
+        let valid = false
         try {
-          valid = pieceIndex.matchesPiece(index, bytes.byteLength, await file.sha256(bytes))
+          valid =
+            length === end - start &&
+            (await file.verifyAndWrite(chunks, {
+              position: start,
+              sha256: pieceIndex.hashOf(index),
+              write,
+              signal,
+            }))
+          if (valid && write) await journal.append(index)
         } catch (error) {
-          // The hashing thread failed: this node's fault, not the peer's.
-          file.release(bytes)
-          settle.reject(error)
+          if (write) writing.delete(index)
+          // The disk (full, say) or the writing thread failed, not the peer: the download stops
+          // with that error, and the pieces journaled so far are kept for a resume.
+          if (!signal.aborted) settle.reject(error)
           return
         }
-        // Verified even when another copy came first: a liar is caught by any bad piece it sends.
         if (!valid) {
-          file.release(bytes)
+          if (write) writing.delete(index)
           wastedPieces++
           ban(peer, 'sent a piece that failed verification', index)
           return
         }
-        if (have.has(index) || writing.has(index)) {
-          file.release(bytes)
+        if (!write) {
           wastedPieces++
-          return
-        }
-        // Claimed before the first await, so that an endgame duplicate is counted as waste, once.
-        writing.add(index)
-        try {
-          await file.write(bytes, pieceIndex.range(index).start)
-          await journal.append(index)
-        } catch (error) {
-          // The disk failed (full, say), not the peer: the download stops with the disk's error,
-          // and the pieces journaled so far are kept for a resume.
-          settle.reject(error)
           return
         }
         have.set(index)
@@ -412,13 +395,15 @@ export async function downloadFromPeers(
             return
           }
           peer.have = answer.have
+          order.invalidate()
           pumpSoon()
         }
       } catch (error) {
         if (signal.aborted) return
-        if (PeerError.isInstance(error) && error.code === 'LLMESH_PEER_UNKNOWN_DIGEST')
+        if (PeerError.isInstance(error) && error.code === 'LLMESH_PEER_UNKNOWN_DIGEST') {
           peer.have = new Bitfield(pieces) // it does not serve the blob (yet, or any more)
-        else if (PeerError.isInstance(error) && error.code === 'LLMESH_PEER_PROTOCOL') {
+          order.invalidate()
+        } else if (PeerError.isInstance(error) && error.code === 'LLMESH_PEER_PROTOCOL') {
           ban(peer, error.message, -1)
           return
         } else peer.unavailableUntil = performance.now() + 1_000
