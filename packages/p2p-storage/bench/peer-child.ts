@@ -5,7 +5,8 @@
  *
  * A seed serves `file` (optionally lying: `flip` corrupts every fourth piece); it also answers a
  * bare libp2p stream (`/bench/raw/1.0.0`, the file's bytes, nothing else) and raw TCP (the file
- * on a plain socket), the anchors. A leecher waits for `{ start: peers }`, downloads, and reports;
+ * on a plain socket), the anchors. A leecher waits for `{ start: peers, output? }`, downloads, and
+ * reports (again for each `start`); a bare receiver drains the bare stream for each `{ bare: address }`;
  * a puller does the same through the downloader (a pull from the manifest's mirrors, beside the
  * peers, sharing its verified pieces while it runs).
  */
@@ -21,13 +22,17 @@ import {
   PeerByteSource,
   StoreBlobProvider,
 } from '@llmesh/p2p-storage'
+import { multiaddr } from '@multiformats/multiaddr'
 
 // As the llmesh CLI does at startup (every role, the anchors' included).
 tuneHeapForTransfers()
 
 const setup = JSON.parse(process.argv[2]!) as {
-  /** A puller pulls `manifest` into the store at `store` with the downloader: mirrors and peers. */
-  role: 'seed' | 'leecher' | 'puller'
+  /**
+   * A puller pulls `manifest` into the store at `store` with the downloader: mirrors and peers.
+   * A bare receiver drains the seed's bare libp2p stream (the anchor), as a leecher downloads.
+   */
+  role: 'seed' | 'leecher' | 'puller' | 'bare'
   manifest?: Manifest
   store?: string
   /** Mirror connections a puller keeps. */
@@ -95,11 +100,32 @@ process.send!({
   peerId: node.peerId.toString(),
 })
 
-process.on('message', async (message: { start?: string[]; report?: boolean }) => {
+/** What the benchmark asks of a peer: start (downloading into `output`), drain the bare stream, report. */
+interface Command {
+  start?: string[]
+  output?: string
+  bare?: string
+  report?: boolean
+}
+
+process.on('message', async (message: Command) => {
   if (message.report) {
     process.send!({
       uploaded: [...node.uploaded.values()].reduce((sum, bytes) => sum + bytes, 0),
       cpuSeconds: cpuSeconds(),
+    })
+    return
+  }
+  if (message.bare !== undefined) {
+    const started = performance.now()
+    const cpuBefore = cpuSeconds()
+    const stream = await node.libp2p.dialProtocol(multiaddr(message.bare), '/bench/raw/1.0.0')
+    let bytes = 0
+    for await (const chunk of stream) bytes += chunk.byteLength
+    process.send!({
+      bytes,
+      seconds: (performance.now() - started) / 1000,
+      cpuSeconds: cpuSeconds() - cpuBefore,
     })
     return
   }
@@ -142,7 +168,7 @@ process.on('message', async (message: { start?: string[]; report?: boolean }) =>
         node,
         peers: message.start,
         pieceIndex: setup.pieceIndex,
-        path: setup.output!,
+        path: message.output ?? setup.output!,
         maxInFlightPerPeer: 16,
       })
       process.send!({

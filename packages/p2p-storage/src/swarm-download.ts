@@ -190,6 +190,14 @@ export async function downloadFromPeers(
   let lastProgressAt = performance.now()
   const done = new AbortController()
   const signal = anySignal(options.signal, done.signal)
+  // The download's end (or its caller's abort) ends every request still running.
+  signal.addEventListener(
+    'abort',
+    () => {
+      for (const list of requests.values()) for (const request of list) request.controller.abort()
+    },
+    { once: true },
+  )
 
   let settle!: { resolve: () => void; reject: (error: unknown) => void }
   const finished = new Promise<void>((resolve, reject) => {
@@ -283,10 +291,16 @@ export async function downloadFromPeers(
     list.push(entry)
     requests.set(index, list)
     peer.inFlight.add(index)
-    const timeout = AbortSignal.timeout(pieceTimeoutMs)
+    // A timer per request, cleared with it: an AbortSignal.timeout would live its whole 30 s, and
+    // keep the request's objects alive as long (old-generation garbage, a full collection's work).
+    let timedOut = false
+    const timer = setTimeout(() => {
+      timedOut = true
+      controller.abort()
+    }, pieceTimeoutMs)
     const requestedAt = performance.now()
     node
-      .piece(peer.address, digest, index, { signal: anySignal(signal, controller.signal, timeout) })
+      .piece(peer.address, digest, index, { signal: controller.signal })
       .then(async (chunks) => {
         adjustWindow(peer, performance.now() - requestedAt)
         const { start, end } = pieceIndex.range(index)
@@ -338,7 +352,7 @@ export async function downloadFromPeers(
         for (const other of requests.get(index) ?? []) if (other !== entry) other.controller.abort()
       })
       .catch((error: unknown) => {
-        if (signal.aborted || controller.signal.aborted) return
+        if (signal.aborted || (controller.signal.aborted && !timedOut)) return
         if (
           PeerError.isInstance(error) &&
           error.code === 'LLMESH_PEER_PIECE_NOT_HELD' &&
@@ -356,7 +370,7 @@ export async function downloadFromPeers(
         }
         peer.failuresInARow++
         peer.lastFailure = error instanceof Error ? error.message : String(error)
-        if (timeout.aborted) {
+        if (timedOut) {
           peer.window = 1
           peer.unavailableUntil = performance.now() + 10_000
           emitProgress(options, 'p2p:peer-snubbed', {
@@ -371,6 +385,7 @@ export async function downloadFromPeers(
         }
       })
       .finally(() => {
+        clearTimeout(timer)
         peer.inFlight.delete(index)
         const remaining = (requests.get(index) ?? []).filter((other) => other !== entry)
         if (remaining.length === 0) requests.delete(index)

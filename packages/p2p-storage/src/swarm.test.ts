@@ -13,6 +13,7 @@ import {
   createPrivateNetworkKey,
   type PeerNode,
   type PeerNodeOptions,
+  peerIdOf,
 } from './peer-node.js'
 import { PeerByteSource } from './peer-source.js'
 import { downloadFromPeers, type SwarmProgressEvent } from './swarm-download.js'
@@ -194,6 +195,44 @@ describe('swarm download over real libp2p nodes', () => {
     // queue of 4 pieces): a window that only grows keeps 16 requests waiting there.
     expect(mostAtOnceLater).toBeGreaterThan(0)
     expect(mostAtOnceLater).toBeLessThanOrEqual(6)
+  })
+
+  it('snubs a peer whose piece does not come within the piece timeout, and completes from the others', async () => {
+    const silent = await seed()
+    // Slow enough that the download outlasts the timeout (past the limit's first MiB, the file
+    // takes over 2 s), and fast enough that no piece of it queues as long (16 requests of 64 KiB
+    // wait 1 s at most).
+    const server = await seed({ limits: { uploadBytesPerSecond: 1024 * 1024 } })
+    const leecher = await node()
+    // The silent peer takes requests and never answers (a stalled disk, say): only the timeout
+    // ends them.
+    const silentId = silent.peerId.toString()
+    const piece = leecher.piece.bind(leecher)
+    leecher.piece = (peer, digest, index, options = {}) =>
+      peerIdOf(peer) === silentId
+        ? new Promise((_, reject) =>
+            options.signal?.addEventListener('abort', () => reject(options.signal!.reason), {
+              once: true,
+            }),
+          )
+        : piece(peer, digest, index, options)
+    const snubbed: string[] = []
+    const path = at('snubbed')
+    const result = await downloadFromPeers({
+      node: leecher,
+      peers: [silent.addresses, server.addresses],
+      pieceIndex,
+      path,
+      pieceTimeoutMs: 1500,
+      onProgress: (event: SwarmProgressEvent) => {
+        if (event.type === 'p2p:peer-snubbed') snubbed.push(event.detail.peer)
+      },
+    })
+    expect(Buffer.from(await readFile(path)).equals(Buffer.from(blob))).toBe(true)
+    expect(snubbed.length).toBeGreaterThan(0)
+    expect(new Set(snubbed)).toEqual(new Set([silentId]))
+    expect(result.piecesByPeer[silentId]).toBeUndefined()
+    expect(result.banned).toEqual([])
   })
 
   it('keeps downloads under the rate limits, over all peers and per peer', async () => {
