@@ -26,6 +26,8 @@ export interface BlobProvider {
 export class StoreBlobProvider implements BlobProvider {
   private readonly inProgress = new Map<string, ServedBlob>()
   private readonly complete = new Map<string, ServedBlob>()
+  /** The files open for serving, closed by `close()`. */
+  private readonly readers = new Set<{ close(): void }>()
 
   constructor(private readonly store?: ModelStore) {}
 
@@ -35,10 +37,12 @@ export class StoreBlobProvider implements BlobProvider {
     blob: { size: number; pieceSize: number; have: Bitfield; path: string },
   ): () => void {
     const reader = fileReader(blob.path)
+    this.readers.add(reader)
     const served = { ...blob, read: reader.read }
     this.inProgress.set(digest, served)
     return () => {
       if (this.inProgress.get(digest) === served) this.inProgress.delete(digest)
+      this.readers.delete(reader)
       reader.close()
     }
   }
@@ -51,14 +55,27 @@ export class StoreBlobProvider implements BlobProvider {
     if (this.store === undefined || !(await this.store.hasBlob(digest))) return undefined
     const pieceIndex = await this.store.readPieceIndex(digest)
     if (pieceIndex === undefined) return undefined
+    const reader = fileReader(this.store.blobPath(digest))
+    this.readers.add(reader)
     const served: ServedBlob = {
       size: pieceIndex.size,
       pieceSize: pieceIndex.pieceSize,
       have: Bitfield.full(pieceCount(pieceIndex.size, pieceIndex.pieceSize)),
-      read: fileReader(this.store.blobPath(digest)).read,
+      read: reader.read,
     }
     this.complete.set(digest, served)
     return served
+  }
+
+  /**
+   * Stops serving every blob and closes their files (once the reads under way are done): a node
+   * stopping calls it for the provider it made. Reads after it fail.
+   */
+  close(): void {
+    for (const reader of this.readers) reader.close()
+    this.readers.clear()
+    this.inProgress.clear()
+    this.complete.clear()
   }
 
   /** The digests served now: complete blobs with a piece index, and downloads in progress. */

@@ -490,8 +490,10 @@ export class PeerNode {
     }
   }
 
+  /** Stops the node; the files it served close with the provider it made (not one it was given). */
   async stop(): Promise<void> {
     await this.libp2p.stop()
+    if (this.options.provider === undefined) this.provider.close()
   }
 
   private async answerHave(stream: Stream): Promise<void> {

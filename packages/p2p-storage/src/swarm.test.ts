@@ -1,6 +1,7 @@
 import { spawn } from 'node:child_process'
 import { createHash } from 'node:crypto'
-import { readFile, writeFile } from 'node:fs/promises'
+import { readdirSync, readlinkSync } from 'node:fs'
+import { copyFile, readFile, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { createManifest, type PieceIndex } from '@llmesh/manifest'
 import { createTempDir, type TempDir } from '@llmesh/testkit'
@@ -49,7 +50,11 @@ beforeAll(async () => {
   pieceIndex = created.pieceIndexes[0]!
 })
 afterEach(async () => {
-  for (const node of nodes.splice(0)) await node.stop()
+  for (const node of nodes.splice(0)) {
+    await node.stop()
+    // The tests' nodes are given their providers, which stay open until closed.
+    node.provider.close()
+  }
 })
 afterAll(() => directory.remove())
 
@@ -233,6 +238,32 @@ describe('swarm download over real libp2p nodes', () => {
     expect(new Set(snubbed)).toEqual(new Set([silentId]))
     expect(result.piecesByPeer[silentId]).toBeUndefined()
     expect(result.banned).toEqual([])
+  })
+
+  it.runIf(process.platform === 'linux')('closes the files it served once it stops', async () => {
+    const path = at('served')
+    await copyFile(blobPath, path)
+    // With no provider given, the node makes its own, and closes it.
+    const server = await createPeerNode()
+    server.provider.serve(pieceIndex.sha256, {
+      size: SIZE,
+      pieceSize: PIECE_SIZE,
+      have: Bitfield.full(pieces),
+      path,
+    })
+    const leecher = await node()
+    await leecher.piece(server.addresses, pieceIndex.sha256, 0)
+    const opened = () =>
+      readdirSync('/proc/self/fd').filter((descriptor) => {
+        try {
+          return readlinkSync(`/proc/self/fd/${descriptor}`) === path
+        } catch {
+          return false // closed meanwhile
+        }
+      }).length
+    expect(opened()).toBe(1)
+    await server.stop()
+    await vi.waitFor(() => expect(opened()).toBe(0))
   })
 
   it('keeps downloads under the rate limits, over all peers and per peer', async () => {
