@@ -157,6 +157,29 @@ describe('PieceFile', () => {
     })
   })
 
+  it('refuses pieces once it closes, those waiting for a buffer included', async () => {
+    await withTempDir(async (folder) => {
+      const file = await PieceFile.open(join(folder, 'blob'), {
+        size: content.length,
+        pieceSize: PIECE,
+        buffers: 1,
+      })
+      const first = content.subarray(0, PIECE)
+      const second = content.subarray(PIECE, 2 * PIECE)
+      const written = file.verifyAndWrite([first], { position: 0, sha256: sha256(first) })
+      const waiting = file.verifyAndWrite([second], { position: PIECE, sha256: sha256(second) })
+      const refused = expect(waiting).rejects.toMatchObject({ code: 'LLMESH_ABORTED' })
+      const closed = file.close()
+      // The piece handed over is written before the file closes; the one waiting is refused.
+      expect(await written).toBe(true)
+      await refused
+      await closed
+      await expect(
+        file.verifyAndWrite([second], { position: PIECE, sha256: sha256(second) }),
+      ).rejects.toMatchObject({ code: 'LLMESH_ABORTED' })
+    })
+  })
+
   it('refuses a piece larger than the piece size', async () => {
     await withTempDir(async (folder) => {
       const file = await PieceFile.open(join(folder, 'blob'), {

@@ -1,7 +1,13 @@
 import { constants } from 'node:fs'
 import { type FileHandle, open } from 'node:fs/promises'
 import { Worker } from 'node:worker_threads'
-import { abortReason, createLogger, InvalidArgumentError, throwIfAborted } from '@llmesh/core'
+import {
+  AbortedError,
+  abortReason,
+  createLogger,
+  InvalidArgumentError,
+  throwIfAborted,
+} from '@llmesh/core'
 import { systemErrorCode } from './errors.js'
 import { openPartialFile, writeAll } from './partial-files.js'
 
@@ -59,6 +65,7 @@ export class PieceFile {
   private readonly handedOver = new Set<Promise<boolean>>()
   /** The filesystem took the O_DIRECT open but refused an aligned write from this thread. */
   private directRefused = false
+  private closing = false
 
   private constructor(
     /** Reads, the tail of an unaligned last piece, and every write when `direct` is false. */
@@ -115,13 +122,14 @@ export class PieceFile {
     chunks: readonly Uint8Array[],
     options: VerifyAndWriteOptions,
   ): Promise<boolean> {
+    throwIfAborted(options.signal)
     const length = chunks.reduce((sum, chunk) => sum + chunk.byteLength, 0)
     if (length > this.options.pieceSize)
       throw new InvalidArgumentError({
         argument: 'chunks',
         message: `a piece is at most ${this.options.pieceSize} bytes (the piece size)`,
       })
-    while (this.handedOver.size >= this.buffers) {
+    while (!this.closing && this.handedOver.size >= this.buffers) {
       throwIfAborted(options.signal)
       const signal = options.signal
       await new Promise<void>((resolve, reject) => {
@@ -137,6 +145,8 @@ export class PieceFile {
         signal?.addEventListener('abort', onAbort, { once: true })
       })
     }
+    if (this.closing)
+      throw new AbortedError({ message: 'the piece file closed before the piece was handed over' })
     this.writer ??= new PieceWriter({
       fd: this.handle.fd,
       directFd: this.directHandle?.fd,
@@ -172,7 +182,10 @@ export class PieceFile {
     await this.handle.sync()
   }
 
+  /** Waits for the writes, then closes the file; pieces not handed over yet are refused. */
   async close(): Promise<void> {
+    this.closing = true
+    for (const wake of this.waiting.splice(0)) wake()
     await this.settled()
     // The writer uses the handles' descriptors: it stops before they close.
     await this.writer?.stop()
@@ -305,6 +318,8 @@ class PieceWriter {
     { resolve: (valid: boolean) => void; reject: (error: Error) => void }
   >()
   private nextId = 0
+  /** Why the worker stopped (it answers nothing more). */
+  private failure: Error | undefined
   /** The filesystem refused an aligned write from the worker: it writes through the page cache. */
   directRefused = false
 
@@ -325,6 +340,7 @@ class PieceWriter {
       else waiting?.resolve(answer.valid)
     })
     const fail = (error: Error) => {
+      this.failure ??= error
       for (const { reject } of this.pending.values()) reject(error)
       this.pending.clear()
     }
@@ -333,6 +349,7 @@ class PieceWriter {
   }
 
   submit(chunks: readonly Uint8Array[], options: VerifyAndWriteOptions): Promise<boolean> {
+    if (this.failure !== undefined) return Promise.reject(this.failure)
     return new Promise((resolve, reject) => {
       const id = this.nextId++
       this.pending.set(id, { resolve, reject })

@@ -205,8 +205,8 @@ describe('swarm download over real libp2p nodes', () => {
   it('snubs a peer whose piece does not come within the piece timeout, and completes from the others', async () => {
     const silent = await seed()
     // Slow enough that the download outlasts the timeout (past the limit's first MiB, the file
-    // takes over 2 s), and fast enough that no piece of it queues as long (16 requests of 64 KiB
-    // wait 1 s at most).
+    // takes over 2 s), and fast enough that no piece of it queues nearly as long (4 requests of
+    // 64 KiB wait 0.25 s at most).
     const server = await seed({ limits: { uploadBytesPerSecond: 1024 * 1024 } })
     const leecher = await node()
     // The silent peer takes requests and never answers (a stalled disk, say): only the timeout
@@ -228,7 +228,8 @@ describe('swarm download over real libp2p nodes', () => {
       peers: [silent.addresses, server.addresses],
       pieceIndex,
       path,
-      pieceTimeoutMs: 1500,
+      pieceTimeoutMs: 1000,
+      maxInFlightPerPeer: 4,
       onProgress: (event: SwarmProgressEvent) => {
         if (event.type === 'p2p:peer-snubbed') snubbed.push(event.detail.peer)
       },
