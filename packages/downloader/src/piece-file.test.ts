@@ -25,6 +25,14 @@ async function writePieces(file: PieceFile, content: Buffer, order: number[]): P
 describe('PieceFile', () => {
   // The last piece ends off any 4 KiB boundary, so its tail goes through the page cache.
   const content = randomBytes(4 * PIECE + 1000)
+  /** Piece `index` of `content`, and where and what it must be. */
+  const pieceOf = (index: number) => {
+    const bytes = content.subarray(index * PIECE, (index + 1) * PIECE)
+    return { bytes, target: { position: index * PIECE, sha256: sha256(bytes) } }
+  }
+  /** A file for `content` whose writing thread holds one piece at a time. */
+  const openWithOneBuffer = (path: string) =>
+    PieceFile.open(path, { size: content.length, pieceSize: PIECE, buffers: 1 })
 
   for (const direct of [true, false])
     it(`writes pieces in any order into a file of the final size (${direct ? 'past the page cache where allowed' : 'through the page cache'})`, async () => {
@@ -68,20 +76,12 @@ describe('PieceFile', () => {
     await withTempDir(async (folder) => {
       const path = join(folder, 'blob')
       const file = await PieceFile.open(path, { size: content.length, pieceSize: PIECE })
-      const piece = content.subarray(PIECE, 2 * PIECE)
-      const forged = Buffer.from(piece)
+      const piece = pieceOf(1)
+      const forged = Buffer.from(piece.bytes)
       forged[100]! ^= 0xff
-      expect(await file.verifyAndWrite([forged], { position: PIECE, sha256: sha256(piece) })).toBe(
-        false,
-      )
+      expect(await file.verifyAndWrite([forged], piece.target)).toBe(false)
       // A second copy is checked without being written.
-      expect(
-        await file.verifyAndWrite([piece], {
-          position: PIECE,
-          sha256: sha256(piece),
-          write: false,
-        }),
-      ).toBe(true)
+      expect(await file.verifyAndWrite([piece.bytes], { ...piece.target, write: false })).toBe(true)
       await file.close()
       expect((await readFile(path)).subarray(PIECE, 2 * PIECE).equals(Buffer.alloc(PIECE))).toBe(
         true,
@@ -124,29 +124,22 @@ describe('PieceFile', () => {
   it('makes verifyAndWrite() wait while every buffer holds a piece, and lets an abort end the wait', async () => {
     await withTempDir(async (folder) => {
       const path = join(folder, 'blob')
-      const file = await PieceFile.open(path, {
-        size: content.length,
-        pieceSize: PIECE,
-        buffers: 1,
-      })
-      const first = content.subarray(0, PIECE)
-      const second = content.subarray(PIECE, 2 * PIECE)
-      const written = file.verifyAndWrite([first], { position: 0, sha256: sha256(first) })
+      const file = await openWithOneBuffer(path)
+      const first = pieceOf(0)
+      const second = pieceOf(1)
+      const written = file.verifyAndWrite([first.bytes], first.target)
       const controller = new AbortController()
-      const aborted = file.verifyAndWrite([second], {
-        position: PIECE,
-        sha256: sha256(second),
+      const aborted = file.verifyAndWrite([second.bytes], {
+        ...second.target,
         signal: controller.signal,
       })
       controller.abort(new Error('no longer needed'))
       await expect(aborted).rejects.toThrow('no longer needed')
       // Handed over once the first is written.
       let done = false
-      const next = file
-        .verifyAndWrite([second], { position: PIECE, sha256: sha256(second) })
-        .finally(() => {
-          done = true
-        })
+      const next = file.verifyAndWrite([second.bytes], second.target).finally(() => {
+        done = true
+      })
       expect(await written).toBe(true)
       expect(done).toBe(false)
       expect(await next).toBe(true)
@@ -159,39 +152,31 @@ describe('PieceFile', () => {
 
   it('refuses pieces once it closes, those waiting for a buffer included', async () => {
     await withTempDir(async (folder) => {
-      const file = await PieceFile.open(join(folder, 'blob'), {
-        size: content.length,
-        pieceSize: PIECE,
-        buffers: 1,
-      })
-      const first = content.subarray(0, PIECE)
-      const second = content.subarray(PIECE, 2 * PIECE)
-      const written = file.verifyAndWrite([first], { position: 0, sha256: sha256(first) })
-      const waiting = file.verifyAndWrite([second], { position: PIECE, sha256: sha256(second) })
+      const file = await openWithOneBuffer(join(folder, 'blob'))
+      const first = pieceOf(0)
+      const second = pieceOf(1)
+      const written = file.verifyAndWrite([first.bytes], first.target)
+      const waiting = file.verifyAndWrite([second.bytes], second.target)
       const refused = expect(waiting).rejects.toMatchObject({ code: 'LLMESH_ABORTED' })
       const closed = file.close()
       // The piece handed over is written before the file closes; the one waiting is refused.
       expect(await written).toBe(true)
       await refused
       await closed
-      await expect(
-        file.verifyAndWrite([second], { position: PIECE, sha256: sha256(second) }),
-      ).rejects.toMatchObject({ code: 'LLMESH_ABORTED' })
+      await expect(file.verifyAndWrite([second.bytes], second.target)).rejects.toMatchObject({
+        code: 'LLMESH_ABORTED',
+      })
     })
   })
 
   it('refuses a piece larger than the piece size', async () => {
     await withTempDir(async (folder) => {
-      const file = await PieceFile.open(join(folder, 'blob'), {
-        size: content.length,
-        pieceSize: PIECE,
-        buffers: 1,
-      })
-      const piece = content.subarray(0, PIECE)
+      const file = await openWithOneBuffer(join(folder, 'blob'))
+      const piece = pieceOf(0)
       await expect(
-        file.verifyAndWrite([piece, Buffer.alloc(1)], { position: 0, sha256: sha256(piece) }),
+        file.verifyAndWrite([piece.bytes, Buffer.alloc(1)], piece.target),
       ).rejects.toMatchObject({ code: 'LLMESH_INVALID_ARGUMENT' })
-      expect(await file.verifyAndWrite([piece], { position: 0, sha256: sha256(piece) })).toBe(true)
+      expect(await file.verifyAndWrite([piece.bytes], piece.target)).toBe(true)
       await file.close()
     })
   })
