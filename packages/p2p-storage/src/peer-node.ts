@@ -21,7 +21,7 @@ import { ping } from '@libp2p/ping'
 import { generateKey, preSharedKey } from '@libp2p/pnet'
 import { tcp } from '@libp2p/tcp'
 import { tls } from '@libp2p/tls'
-import { type LengthPrefixedStream, lpStream } from '@libp2p/utils'
+import type { LengthPrefixedStream } from '@libp2p/utils'
 import {
   createLogger,
   type Logger,
@@ -47,6 +47,8 @@ import {
   haveRequestSchema,
   haveUpdateSchema,
   MAX_MESSAGE_BYTES,
+  MAX_REQUEST_BYTES,
+  messageStream,
   PIECE_PROTOCOL,
   pieceAnswerSchema,
   pieceRequestSchema,
@@ -459,7 +461,7 @@ export class PeerNode {
     }
     // The read buffer holds a whole message and its length prefix: libp2p's default (4 MiB) would
     // refuse pieces of 4 MiB and more, the default piece size of files over 8 GiB.
-    const messages = lpStream(stream, {
+    const messages = messageStream(stream, {
       maxDataLength: MAX_MESSAGE_BYTES,
       maxBufferSize: MAX_MESSAGE_BYTES + 16,
     })
@@ -497,7 +499,7 @@ export class PeerNode {
   }
 
   private async answerHave(stream: Stream): Promise<void> {
-    const messages = lpStream(stream, { maxDataLength: 4096 })
+    const messages = messageStream(stream, { maxDataLength: MAX_REQUEST_BYTES })
     try {
       const request = haveRequestSchema.safeParse(parseJson((await messages.read()).subarray()))
       const blob = request.success ? await this.provider.lookup(request.data.digest) : undefined
@@ -524,7 +526,7 @@ export class PeerNode {
 
   /** Answers the piece requests of one stream, one after another, until the asker closes it. */
   private async answerPiece(stream: Stream, connection: Connection): Promise<void> {
-    const messages = lpStream(stream, { maxDataLength: 4096 })
+    const messages = messageStream(stream, { maxDataLength: MAX_REQUEST_BYTES })
     const peer = connection.remotePeer.toString()
     const refuse = async (...answer: Parameters<typeof errorAnswer>) => {
       await messages.write(encodeJson(errorAnswer(...answer)))

@@ -12,12 +12,15 @@
  *   next request on a new stream when it finds the last one ended.)
  *
  * Messages are length-prefixed (varint) JSON; a piece is at most the largest piece size the
- * manifest allows, so memory per stream is bounded. A piece's bytes are never trusted: the
- * requester checks them against its own piece index.
+ * manifest allows and a request at most 4 KiB, so memory per stream is bounded (a length prefix
+ * longer than such a message needs is a protocol error: the stream is cut). A piece's bytes are
+ * never trusted: the requester checks them against its own piece index.
  */
+import type { Stream } from '@libp2p/interface'
+import { type LengthPrefixedStream, lpStream } from '@libp2p/utils'
 import { MAX_PIECE_SIZE } from '@llmesh/manifest'
 import { z } from 'zod'
-import type { PeerErrorCode } from './errors.js'
+import { PeerError, type PeerErrorCode } from './errors.js'
 
 export const HAVE_PROTOCOL = '/llmesh/blob/have/1.0.0'
 export const PIECE_PROTOCOL = '/llmesh/blob/piece/1.0.0'
@@ -27,6 +30,9 @@ export const HAVE_UPDATE_DELAY_MS = 50
 
 /** The largest message: a piece, plus room for framing. */
 export const MAX_MESSAGE_BYTES = MAX_PIECE_SIZE + 1024
+
+/** The largest request a peer answers (have, piece): a digest and an index need far less. */
+export const MAX_REQUEST_BYTES = 4096
 
 const digestSchema = z.string().regex(/^[0-9a-f]{64}$/, { message: 'must be 64 lowercase hex' })
 
@@ -72,6 +78,51 @@ export const pieceAnswerSchema = z.union([
 ])
 
 export type HaveAnswer = z.output<typeof haveAnswerSchema>
+
+/** What a length prefix decoder throws while the prefix is incomplete: made once, its stack unused. */
+const INCOMPLETE_PREFIX = new RangeError('the length prefix is incomplete')
+
+/**
+ * The length prefix (an unsigned varint) of messages of at most `maxDataLength` bytes, for
+ * `lpStream`'s `lengthDecoder`.
+ *
+ * `lpStream` reads a prefix a byte at a time, decodes it after each byte, and reads on while the
+ * decoder throws a RangeError. Its default decoder throws a new one each time, with a stack trace:
+ * two per piece of 1 MiB or more (a three-byte prefix), about 30 ms of the receiving thread per
+ * GiB. It also goes on forever on a run of bytes with the high bit set, one byte and one error
+ * at a time. This decoder throws the same RangeError each time, and a prefix longer than the
+ * largest message needs is a protocol error at once.
+ */
+export function lengthPrefixDecoder(
+  maxDataLength: number,
+): (bytes: { byteLength: number; get(index: number): number }) => number {
+  const maxPrefixBytes = Math.max(1, Math.ceil(Math.log2(maxDataLength + 1) / 7))
+  return (bytes) => {
+    let value = 0
+    for (let index = 0; index < bytes.byteLength; index++) {
+      if (index === maxPrefixBytes)
+        throw new PeerError({
+          code: 'LLMESH_PEER_PROTOCOL',
+          message: `a length prefix of more than ${maxPrefixBytes} bytes (messages here are at most ${maxDataLength} bytes)`,
+        })
+      const byte = bytes.get(index)
+      value += (byte & 0x7f) * 2 ** (7 * index)
+      if (byte < 0x80) return value
+    }
+    throw INCOMPLETE_PREFIX
+  }
+}
+
+/**
+ * A stream's length-prefixed messages of at most `maxDataLength` bytes; `maxBufferSize` bounds
+ * what is read ahead (libp2p's default: 4 MiB).
+ */
+export function messageStream(
+  stream: Stream,
+  options: { maxDataLength: number; maxBufferSize?: number },
+): LengthPrefixedStream<Stream> {
+  return lpStream(stream, { ...options, lengthDecoder: lengthPrefixDecoder(options.maxDataLength) })
+}
 
 export function encodeJson(value: unknown): Uint8Array {
   return new TextEncoder().encode(JSON.stringify(value))

@@ -17,6 +17,7 @@ import {
   peerIdOf,
 } from './peer-node.js'
 import { PeerByteSource } from './peer-source.js'
+import { PIECE_PROTOCOL } from './protocol.js'
 import { downloadFromPeers, type SwarmProgressEvent } from './swarm-download.js'
 
 const distEntry = new URL('../dist/index.js', import.meta.url)
@@ -439,6 +440,22 @@ describe('swarm download over real libp2p nodes', () => {
     expect(have.have.complete).toBe(true)
     expect(
       pieceIndex.verifyPiece(5, await client.piece(server.addresses, pieceIndex.sha256, 5)),
+    ).toBe(true)
+  })
+
+  it('cuts a stream whose length prefix runs past any message it takes, and serves the next', async () => {
+    const server = await seed()
+    const client = await node()
+    const stream = await client.libp2p.dialProtocol(server.libp2p.getMultiaddrs(), PIECE_PROTOCOL)
+    const closed = new Promise<void>((resolve) =>
+      stream.addEventListener('close', () => resolve(), { once: true }),
+    )
+    // Bytes with the high bit set never end a varint: a peer that reads on would wait forever.
+    stream.send(new Uint8Array(64).fill(0xff))
+    await closed
+    expect(stream.status).not.toBe('open')
+    expect(
+      pieceIndex.verifyPiece(1, await client.piece(server.addresses, pieceIndex.sha256, 1)),
     ).toBe(true)
   })
 
