@@ -1,6 +1,10 @@
+import { readdirSync, readlinkSync } from 'node:fs'
+import { writeFile } from 'node:fs/promises'
+import { join } from 'node:path'
 import { Agent, fetch as undiciFetch } from 'undici'
-import { afterEach, describe, expect, it } from 'vitest'
+import { afterEach, describe, expect, it, vi } from 'vitest'
 import { type Mirror, startMirror } from './mirror.js'
+import { createTempDir } from './temp-dir.js'
 import { testTlsCertificate, testTlsKey } from './test-tls.js'
 
 const data = Uint8Array.from({ length: 300_000 }, (_, index) => (index * 7) % 251)
@@ -89,6 +93,39 @@ describe('startMirror', () => {
     // 300 kB at 1 MB/s after a 64 KiB burst cannot take less than 0.23 s (a lower bound, never flaky).
     expect(performance.now() - started).toBeGreaterThanOrEqual(220)
   })
+
+  it.runIf(process.platform === 'linux')(
+    'closes the file it serves from when the client goes away mid-body',
+    async () => {
+      const directory = await createTempDir('llmesh-mirror-')
+      try {
+        const path = join(directory.path, 'model.gguf')
+        await writeFile(path, data)
+        // Paced, so that the client leaves while the mirror waits to send its next chunk.
+        mirror = await startMirror({
+          files: { '/model.gguf': path },
+          bytesPerSecondPerConnection: 2e5,
+        })
+        const opened = () =>
+          readdirSync('/proc/self/fd').filter((descriptor) => {
+            try {
+              return readlinkSync(`/proc/self/fd/${descriptor}`) === path
+            } catch {
+              return false // closed meanwhile
+            }
+          }).length
+        const leaving = new AbortController()
+        const response = await fetch(mirror.urlOf('/model.gguf'), { signal: leaving.signal })
+        const reader = response.body!.getReader()
+        await reader.read()
+        expect(opened()).toBe(1)
+        leaving.abort()
+        await vi.waitFor(() => expect(opened()).toBe(0), { timeout: 5_000 })
+      } finally {
+        await directory.remove()
+      }
+    },
+  )
 
   it('serves https with the test certificate', async () => {
     mirror = await startMirror({

@@ -280,8 +280,8 @@ export async function startMirror(options: MirrorOptions): Promise<Mirror> {
           return
         }
       }
-      if (response.destroyed) return
       await pace(socket, bytes.byteLength)
+      if (response.destroyed) return // the client left while the chunk waited for its pace
       await write(response, bytes)
       account(bytes.byteLength)
     }
@@ -389,9 +389,12 @@ function flipBytes(chunk: Uint8Array, chunkStart: number, offset: number, length
   return copy
 }
 
+/** Writes a chunk; waits for a full buffer to drain, and rejects once the connection is gone. */
 function write(response: ServerResponse, bytes: Uint8Array): Promise<void> {
   return new Promise((resolve, reject) => {
-    if (response.write(bytes)) resolve()
+    // A destroyed response takes no more bytes and emits no drain: its close may have passed too.
+    if (response.destroyed) reject(new Error('connection closed'))
+    else if (response.write(bytes)) resolve()
     else {
       const cleanup = () => {
         response.off('drain', onDrain)
