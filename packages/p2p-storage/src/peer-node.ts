@@ -94,6 +94,12 @@ export interface PeerNodeOptions {
   limits?: {
     /** Piece requests served at once; past it, `busy`. Default 32. */
     concurrentUploads?: number
+    /**
+     * How long a piece may take to be sent (the asker reading it) before its stream ends and its
+     * upload slot frees; default 60 s, twice the time a download waits for a piece. Without it, a
+     * peer that asks and stops reading would hold slots until the node had none for anyone.
+     */
+    uploadTimeoutMs?: number
     /** Bytes per second sent, over all peers and per peer; unlimited by default. */
     uploadBytesPerSecond?: number
     uploadBytesPerSecondPerPeer?: number
@@ -385,7 +391,8 @@ export class PeerNode {
         answered = true
         if (answer.status === 'error')
           throw new PeerError({ code: answer.code, message: answer.message, peer: peerId, digest })
-        // Past the download rate, the piece waits in the stream's window, which stalls the sender.
+        // Past the download rate, the piece waits here unread, and so does the next request on
+        // this stream: a peer sends only pieces asked for, so the rate holds over time.
         await this.downloads.take(peerId, answer.length, options)
         const bytes = await channel.messages.read(options)
         if (bytes.byteLength !== answer.length)
@@ -568,8 +575,20 @@ export class PeerNode {
           const end = Math.min(blob.size, start + blob.pieceSize)
           await this.uploads.take(peer, end - start)
           const bytes = await blob.read(start, end)
-          // The answer and the piece in one write: one frame less per piece.
-          await messages.writeV([encodeJson({ status: 'ok', length: bytes.byteLength }), bytes])
+          const timeoutMs = this.options.limits?.uploadTimeoutMs ?? 60_000
+          const timeout = new AbortController()
+          const timer = setTimeout(
+            () => timeout.abort(new Error(`piece ${index} was not taken within ${timeoutMs} ms`)),
+            timeoutMs,
+          )
+          try {
+            // The answer and the piece in one write: one frame less per piece.
+            await messages.writeV([encodeJson({ status: 'ok', length: bytes.byteLength }), bytes], {
+              signal: timeout.signal,
+            })
+          } finally {
+            clearTimeout(timer)
+          }
           this.uploaded.set(peer, (this.uploaded.get(peer) ?? 0) + bytes.byteLength)
         } finally {
           this.uploadsRunning--

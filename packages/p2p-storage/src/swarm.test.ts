@@ -17,7 +17,7 @@ import {
   peerIdOf,
 } from './peer-node.js'
 import { PeerByteSource } from './peer-source.js'
-import { PIECE_PROTOCOL } from './protocol.js'
+import { encodeJson, MAX_REQUEST_BYTES, messageStream, PIECE_PROTOCOL } from './protocol.js'
 import { downloadFromPeers, type SwarmProgressEvent } from './swarm-download.js'
 
 const distEntry = new URL('../dist/index.js', import.meta.url)
@@ -456,6 +456,29 @@ describe('swarm download over real libp2p nodes', () => {
     expect(stream.status).not.toBe('open')
     expect(
       pieceIndex.verifyPiece(1, await client.piece(server.addresses, pieceIndex.sha256, 1)),
+    ).toBe(true)
+  })
+
+  it('ends an upload whose asker stops reading, past the upload timeout, and serves others again', async () => {
+    const server = await seed({ limits: { concurrentUploads: 1, uploadTimeoutMs: 300 } })
+    const stalling = await node()
+    const stream = await stalling.libp2p.dialProtocol(server.libp2p.getMultiaddrs(), PIECE_PROTOCOL)
+    // A paused stream grants the sender no more window (4 MiB) than it has: what the server sends
+    // past that waits. Its buffer may hold that window whole.
+    stream.pause()
+    ;(stream as unknown as { maxReadBufferLength: number }).maxReadBufferLength = 64 * 1024 * 1024
+    const closed = new Promise<void>((resolve) =>
+      stream.addEventListener('close', () => resolve(), { once: true }),
+    )
+    // Every piece twice: 6 MiB, past the window.
+    const requests = Array.from({ length: 2 * pieces }, (_, request) =>
+      encodeJson({ digest: pieceIndex.sha256, index: request % pieces }),
+    )
+    await messageStream(stream, { maxDataLength: MAX_REQUEST_BYTES }).writeV(requests)
+    await closed
+    const client = await node()
+    expect(
+      pieceIndex.verifyPiece(2, await client.piece(server.addresses, pieceIndex.sha256, 2)),
     ).toBe(true)
   })
 
