@@ -20,7 +20,7 @@
  */
 import { type ChildProcess, fork } from 'node:child_process'
 import { createWriteStream } from 'node:fs'
-import { mkdir, readFile, rm, writeFile } from 'node:fs/promises'
+import { mkdir, open, readFile, rm, writeFile } from 'node:fs/promises'
 import { connect } from 'node:net'
 import { cpus, tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -116,6 +116,24 @@ function request<T>(
 /** A child's CPU time so far (user and system, all its threads), in seconds. */
 async function cpuSecondsOf(child: ChildProcess): Promise<number> {
   return (await request<{ cpuSeconds: number }>(child, { report: true }, 'cpuSeconds')).cpuSeconds
+}
+
+/**
+ * Reads a file through, so that the transfer measured next reads it from the page cache. This
+ * machine's host takes page cache back within minutes: a GiB read from its disk cost the reader
+ * 1.6 s of CPU (against 0.23 s cached), and a seed that paid it in one run and not another made the
+ * anchor's runs differ by half.
+ */
+async function readIntoPageCache(path: string): Promise<void> {
+  const handle = await open(path, 'r')
+  try {
+    const buffer = Buffer.allocUnsafe(16 * MiB)
+    let bytesRead: number
+    do ({ bytesRead } = await handle.read(buffer, 0, buffer.byteLength, null))
+    while (bytesRead > 0)
+  } finally {
+    await handle.close()
+  }
 }
 
 const median = (numbers: number[]) => [...numbers].sort((a, b) => a - b)[numbers.length >> 1]!
@@ -256,6 +274,27 @@ try {
     // for the run: the first transfer is what a new process gets (`llmesh pull`: a new connection,
     // code not yet optimized, a heap still growing); the second, over the same connection, is the
     // rate of a process that has moved a GiB already, as in a long download.
+    //
+    // Before each measured pair, the seed moves the file once the same way to a receiver thrown
+    // away after it, so that the seed is in the same state for the subject and the anchor. A seed
+    // that had just served the other kind of transfer touched fresh memory for this one (a bare
+    // stream after llmesh's: 186,000 page faults against 17,000 to 32,000 after another bare
+    // stream, and up to 3.3 s of the seed's CPU against 1.3 s), which made the anchor's first
+    // GiB swing between 1.4 and 2.8 s from run to run on this VM.
+    const warmSeed = async (
+      role: 'leecher' | 'bare',
+      seed: Ready,
+      setup: Record<string, unknown>,
+    ) => {
+      const receiver = await startPeer({ role, ...setup })
+      await readIntoPageCache(file)
+      const output = join(folder, 'warm-up.bin')
+      if (role === 'bare') await request(receiver.child, { bare: seed.addresses[0] }, 'bytes')
+      else await request(receiver.child, { start: [seed.addresses[0]], output }, 'done')
+      receiver.child.kill()
+      await rm(output, { force: true })
+      await rm(`${output}.journal`, { force: true })
+    }
     /** The bare TLS stream's medians, for the run with larger pieces. */
     let bareTls = { cold: 0, warm: 0 }
     for (const encryption of ['tls', 'noise'] as const) {
@@ -268,9 +307,11 @@ try {
       const bareCoresBusy: number[] = []
       const cpu = { leecher: [] as number[], seed: [] as number[], bare: [] as number[] }
       for (let run = 0; run < runs; run++) {
+        await warmSeed('leecher', seed, { encryption })
         const leecher = await startPeer({ role: 'leecher', encryption })
         for (const phase of ['cold', 'warm'] as const) {
           const output = join(folder, `leech-${run}-${phase}.bin`)
+          await readIntoPageCache(file)
           const seedBefore = await cpuSecondsOf(seed.child)
           const done = await request<{ seconds: number; cpuSeconds: number; error?: string }>(
             leecher.child,
@@ -294,8 +335,10 @@ try {
         }
         leecher.child.kill()
 
+        await warmSeed('bare', seed, { encryption })
         const receiver = await startPeer({ role: 'bare', encryption })
         for (const phase of ['cold', 'warm'] as const) {
+          await readIntoPageCache(file)
           const seedBefore = await cpuSecondsOf(seed.child)
           const done = await request<{ seconds: number; cpuSeconds: number; bytes: number }>(
             receiver.child,
@@ -315,6 +358,7 @@ try {
         }
         receiver.child.kill()
 
+        await readIntoPageCache(file)
         const started = performance.now()
         await new Promise<void>((resolve, reject) => {
           let bytes = 0
@@ -370,9 +414,11 @@ try {
     const largeSeed = await startPeer({ role: 'seed', file, ...pieceSetup })
     const largeSeconds = { cold: [] as number[], warm: [] as number[] }
     for (let run = 0; run < (smoke ? 1 : Number(values.runs)); run++) {
+      await warmSeed('leecher', largeSeed, pieceSetup)
       const leecher = await startPeer({ role: 'leecher', ...pieceSetup })
       for (const phase of ['cold', 'warm'] as const) {
         const output = join(folder, `leech-large-${run}-${phase}.bin`)
+        await readIntoPageCache(file)
         const done = await request<{ seconds: number; error?: string }>(
           leecher.child,
           { start: [largeSeed.addresses[0]], output },
@@ -405,8 +451,10 @@ try {
     const swarm: Record<string, unknown> = {}
     for (const leechers of smoke ? [2] : (values.leechers?.split(',').map(Number) ?? [4, 8])) {
       const runs: SwarmRun[] = []
-      for (let run = 0; run < (smoke ? 1 : Number(values.runs)); run++)
+      for (let run = 0; run < (smoke ? 1 : Number(values.runs)); run++) {
+        await readIntoPageCache(file)
         runs.push(await swarmRun(leechers))
+      }
       const wall = median(runs.map((run) => run.allFinishedSeconds))
       const uploaded = median(runs.map((run) => run.seedUploadedMiB))
       const failed = runs.reduce((sum, run) => sum + run.errors.length, 0)
@@ -427,6 +475,7 @@ try {
   }
 
   if (sections.has('liar')) {
+    await readIntoPageCache(file)
     const liar = await startPeer({ role: 'seed', file, lie: 'flip' })
     const honest = await startPeer({ role: 'seed', file })
     const leecher = await startPeer({ role: 'leecher', output: join(folder, 'liar-leech.bin') })
@@ -476,8 +525,10 @@ try {
     const pullers = smoke ? 2 : Number(values.pullers)
     const byMode: Record<string, PullsRun[]> = { alone: [], together: [] }
     for (let run = 0; run < (smoke ? 1 : Number(values.runs)); run++)
-      for (const together of [false, true])
+      for (const together of [false, true]) {
+        await readIntoPageCache(pullsFile)
         byMode[together ? 'together' : 'alone']!.push(await pullsRun(pullers, together, pull))
+      }
     const summary = (runs: PullsRun[]) => ({
       allFinishedSeconds: median(runs.map((run) => run.allFinishedSeconds)),
       mirrorSentMiB: median(runs.map((run) => run.mirrorSentMiB)),
