@@ -1,10 +1,9 @@
 import { spawn } from 'node:child_process'
 import { createHash } from 'node:crypto'
-import { readdirSync, readlinkSync } from 'node:fs'
 import { copyFile, readFile, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { createManifest, type PieceIndex } from '@llmesh/manifest'
-import { createTempDir, type TempDir } from '@llmesh/testkit'
+import { createTempDir, openDescriptorsOf, type TempDir } from '@llmesh/testkit'
 import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest'
 import { Bitfield } from './bitfield.js'
 import { StoreBlobProvider } from './blob-provider.js'
@@ -255,17 +254,9 @@ describe('swarm download over real libp2p nodes', () => {
     })
     const leecher = await node()
     await leecher.piece(server.addresses, pieceIndex.sha256, 0)
-    const opened = () =>
-      readdirSync('/proc/self/fd').filter((descriptor) => {
-        try {
-          return readlinkSync(`/proc/self/fd/${descriptor}`) === path
-        } catch {
-          return false // closed meanwhile
-        }
-      }).length
-    expect(opened()).toBe(1)
+    expect(openDescriptorsOf(path)).toBe(1)
     await server.stop()
-    await vi.waitFor(() => expect(opened()).toBe(0))
+    await vi.waitFor(() => expect(openDescriptorsOf(path)).toBe(0))
   })
 
   it('keeps downloads under the rate limits, over all peers and per peer', async () => {

@@ -12,6 +12,7 @@
  * console.log(model.size, model.sha256) // the same on every machine
  * ```
  */
+export { openDescriptorsOf } from './descriptors.js'
 export {
   type ResolvedTinyModelOptions,
   resolveTinyModelOptions,

@@ -1,8 +1,8 @@
-import { readdirSync, readlinkSync } from 'node:fs'
 import { writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { Agent, fetch as undiciFetch } from 'undici'
 import { afterEach, describe, expect, it, vi } from 'vitest'
+import { openDescriptorsOf } from './descriptors.js'
 import { type Mirror, startMirror } from './mirror.js'
 import { createTempDir } from './temp-dir.js'
 import { testTlsCertificate, testTlsKey } from './test-tls.js'
@@ -106,21 +106,13 @@ describe('startMirror', () => {
           files: { '/model.gguf': path },
           bytesPerSecondPerConnection: 2e5,
         })
-        const opened = () =>
-          readdirSync('/proc/self/fd').filter((descriptor) => {
-            try {
-              return readlinkSync(`/proc/self/fd/${descriptor}`) === path
-            } catch {
-              return false // closed meanwhile
-            }
-          }).length
         const leaving = new AbortController()
         const response = await fetch(mirror.urlOf('/model.gguf'), { signal: leaving.signal })
         const reader = response.body!.getReader()
         await reader.read()
-        expect(opened()).toBe(1)
+        expect(openDescriptorsOf(path)).toBe(1)
         leaving.abort()
-        await vi.waitFor(() => expect(opened()).toBe(0), { timeout: 5_000 })
+        await vi.waitFor(() => expect(openDescriptorsOf(path)).toBe(0), { timeout: 5_000 })
       } finally {
         await directory.remove()
       }
