@@ -65,7 +65,7 @@ describe('llmesh node', () => {
         'server: { port: 0, slots: 2 }',
         'inference: { backend: cpu, threads: 1 }',
         `registry: { urls: ["${registryServer.url}"], token: "${token}", nodeId: node-1, heartbeatIntervalMs: 200 }`,
-        'p2p: { listen: ["/ip4/127.0.0.1/tcp/0"] }',
+        'p2p: { listen: ["/ip4/127.0.0.1/tcp/0"], concurrentUploads: 8, uploadTimeoutMs: 30000 }',
       ].join('\n'),
     )
     const stop = new AbortController()

@@ -86,6 +86,10 @@ export const nodeConfigSchema = z.strictObject({
       maxPeers: z.number().int().positive().optional(),
       /** New connections accepted per second from one IP address (5 by default). */
       connectionsPerHostPerSecond: z.number().int().positive().optional(),
+      /** Piece requests served at once (32 by default); past it, peers are told "busy". */
+      concurrentUploads: z.number().int().positive().optional(),
+      /** How long a piece may take to be taken before its stream ends (60 s by default). */
+      uploadTimeoutMs: z.number().int().positive().optional(),
     })
     .prefault({}),
 })
@@ -131,6 +135,12 @@ export function registerNodeCommands(program: Command, context: CommandContext):
                 ...(config.p2p.connectionsPerHostPerSecond === undefined
                   ? {}
                   : { connectionsPerHostPerSecond: config.p2p.connectionsPerHostPerSecond }),
+                ...(config.p2p.concurrentUploads === undefined
+                  ? {}
+                  : { concurrentUploads: config.p2p.concurrentUploads }),
+                ...(config.p2p.uploadTimeoutMs === undefined
+                  ? {}
+                  : { uploadTimeoutMs: config.p2p.uploadTimeoutMs }),
               },
             })
           : undefined
