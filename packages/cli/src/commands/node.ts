@@ -22,7 +22,7 @@ import {
   storeModelResolver,
 } from '@llmesh/inference'
 import { importTrustedKey } from '@llmesh/manifest'
-import { createPeerNode, PeerByteSource } from '@llmesh/p2p-storage'
+import { createPeerNode, PeerByteSource, type PeerNodeOptions } from '@llmesh/p2p-storage'
 import { createRegistryClient, startHeartbeat } from '@llmesh/registry-client'
 import type { Command } from 'commander'
 import { parse as parseYaml } from 'yaml'
@@ -96,6 +96,18 @@ export const nodeConfigSchema = z.strictObject({
 
 export type NodeConfig = z.output<typeof nodeConfigSchema>
 
+type PeerLimits = NonNullable<PeerNodeOptions['limits']>
+
+/** The peer node's limits: the config's `p2p` fields past its address and discovery ones, where set. */
+function p2pLimits(p2p: NodeConfig['p2p']): PeerLimits {
+  const { enabled, listen, peers, mdns, privateNetworkKey, ...limits } = p2p
+  // Every field left is one of the node's limits: another is a compile error here.
+  limits satisfies {
+    [Field in keyof typeof limits]: Field extends keyof PeerLimits ? unknown : never
+  }
+  return Object.fromEntries(Object.entries(limits).filter(([, value]) => value !== undefined))
+}
+
 export function registerNodeCommands(program: Command, context: CommandContext): void {
   program
     .command('node')
@@ -124,24 +136,7 @@ export function registerNodeCommands(program: Command, context: CommandContext):
               ...(config.p2p.peers.length === 0 ? {} : { bootstrap: config.p2p.peers }),
               mdns: config.p2p.mdns,
               ...(networkKey === undefined ? {} : { privateNetworkKey: networkKey }),
-              limits: {
-                ...(config.p2p.uploadBytesPerSecond === undefined
-                  ? {}
-                  : { uploadBytesPerSecond: config.p2p.uploadBytesPerSecond }),
-                ...(config.p2p.downloadBytesPerSecond === undefined
-                  ? {}
-                  : { downloadBytesPerSecond: config.p2p.downloadBytesPerSecond }),
-                ...(config.p2p.maxPeers === undefined ? {} : { maxPeers: config.p2p.maxPeers }),
-                ...(config.p2p.connectionsPerHostPerSecond === undefined
-                  ? {}
-                  : { connectionsPerHostPerSecond: config.p2p.connectionsPerHostPerSecond }),
-                ...(config.p2p.concurrentUploads === undefined
-                  ? {}
-                  : { concurrentUploads: config.p2p.concurrentUploads }),
-                ...(config.p2p.uploadTimeoutMs === undefined
-                  ? {}
-                  : { uploadTimeoutMs: config.p2p.uploadTimeoutMs }),
-              },
+              limits: p2pLimits(config.p2p),
             })
           : undefined
         if (peer !== undefined) stops.unshift(() => peer.stop())
