@@ -122,6 +122,19 @@ export class PieceFile {
     chunks: readonly Uint8Array[],
     options: VerifyAndWriteOptions,
   ): Promise<boolean> {
+    return (await this.handOver(chunks, options)).written
+  }
+
+  /**
+   * `verifyAndWrite()` in two steps: resolves once the piece is with the writing thread (after
+   * waiting for a free buffer), and `written` then settles as `verifyAndWrite()` does. A caller
+   * that bounds the pieces it holds can count a piece out once it is handed over, and fetch the
+   * next one while this one is hashed and written.
+   */
+  async handOver(
+    chunks: readonly Uint8Array[],
+    options: VerifyAndWriteOptions,
+  ): Promise<{ written: Promise<boolean> }> {
     throwIfAborted(options.signal)
     const length = chunks.reduce((sum, chunk) => sum + chunk.byteLength, 0)
     if (length > this.options.pieceSize)
@@ -155,12 +168,11 @@ export class PieceFile {
     })
     const answer = this.writer.submit(chunks, options)
     this.handedOver.add(answer)
-    try {
-      return await answer
-    } finally {
+    const written = answer.finally(() => {
       this.handedOver.delete(answer)
       this.waiting.shift()?.()
-    }
+    })
+    return { written }
   }
 
   /** Writes bytes at `position` from this thread, after the writes before it. */

@@ -49,9 +49,11 @@ import {
   MAX_MESSAGE_BYTES,
   MAX_REQUEST_BYTES,
   messageStream,
+  PIECE_PART_BYTES,
   PIECE_PROTOCOL,
   pieceAnswerSchema,
   pieceRequestSchema,
+  writePiece,
 } from './protocol.js'
 
 /** After a dial the peer reset, the wait before the one redial: libp2p's rate window is a second. */
@@ -573,23 +575,40 @@ export class PeerNode {
         try {
           const start = index * blob.pieceSize
           const end = Math.min(blob.size, start + blob.pieceSize)
-          await this.uploads.take(peer, end - start)
-          const bytes = await blob.read(start, end)
-          const timeoutMs = this.options.limits?.uploadTimeoutMs ?? 60_000
+          // The piece must be taken within the upload timeout, not counting the upload rate's
+          // waits: a rate limit is this node's doing, not the asker's.
           const timeout = new AbortController()
-          const timer = setTimeout(
-            () => timeout.abort(new Error(`piece ${index} was not taken within ${timeoutMs} ms`)),
-            timeoutMs,
-          )
+          const timeoutMs = this.options.limits?.uploadTimeoutMs ?? 60_000
+          let timeLeftMs = timeoutMs
+          let armedAt = 0
+          let timer: NodeJS.Timeout | undefined
+          const arm = () => {
+            armedAt = performance.now()
+            timer = setTimeout(
+              () => timeout.abort(new Error(`piece ${index} was not taken within ${timeoutMs} ms`)),
+              timeLeftMs,
+            )
+          }
+          const disarm = () => {
+            clearTimeout(timer)
+            timeLeftMs -= performance.now() - armedAt
+          }
+          const uploads = this.uploads
+          const parts = async function* () {
+            for (let position = start; position < end; position += PIECE_PART_BYTES) {
+              const partEnd = Math.min(end, position + PIECE_PART_BYTES)
+              await uploads.take(peer, partEnd - position)
+              arm()
+              yield await blob.read(position, partEnd)
+              disarm()
+            }
+          }
           try {
-            // The answer and the piece in one write: one frame less per piece.
-            await messages.writeV([encodeJson({ status: 'ok', length: bytes.byteLength }), bytes], {
-              signal: timeout.signal,
-            })
+            await writePiece(stream, end - start, parts(), { signal: timeout.signal })
           } finally {
             clearTimeout(timer)
           }
-          this.uploaded.set(peer, (this.uploaded.get(peer) ?? 0) + bytes.byteLength)
+          this.uploaded.set(peer, (this.uploaded.get(peer) ?? 0) + end - start)
         } finally {
           this.uploadsRunning--
         }

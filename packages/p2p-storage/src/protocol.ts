@@ -16,9 +16,12 @@
  * longer than such a message needs is a protocol error: the stream is cut). A piece's bytes are
  * never trusted: the requester checks them against its own piece index.
  */
-import type { Stream } from '@libp2p/interface'
+import type { AbortOptions, Stream } from '@libp2p/interface'
 import { type LengthPrefixedStream, lpStream } from '@libp2p/utils'
 import { MAX_PIECE_SIZE } from '@llmesh/manifest'
+import { pEvent } from 'p-event'
+import * as varint from 'uint8-varint'
+import { Uint8ArrayList } from 'uint8arraylist'
 import { z } from 'zod'
 import { PeerError, type PeerErrorCode } from './errors.js'
 
@@ -33,6 +36,13 @@ export const MAX_MESSAGE_BYTES = MAX_PIECE_SIZE + 1024
 
 /** The largest request a peer answers (have, piece): a digest and an index need far less. */
 export const MAX_REQUEST_BYTES = 4096
+
+/**
+ * A piece is read from disk and sent in parts of at most this many bytes, so that an upload holds
+ * one part, not a whole piece (32 MiB in a 100 GiB model), and its first bytes leave before its
+ * last are read. The parts make one message: the asker sees no difference.
+ */
+export const PIECE_PART_BYTES = 4 * 1024 * 1024
 
 const digestSchema = z.string().regex(/^[0-9a-f]{64}$/, { message: 'must be 64 lowercase hex' })
 
@@ -122,6 +132,36 @@ export function messageStream(
   options: { maxDataLength: number; maxBufferSize?: number },
 ): LengthPrefixedStream<Stream> {
   return lpStream(stream, { ...options, lengthDecoder: lengthPrefixDecoder(options.maxDataLength) })
+}
+
+/**
+ * Writes the answer `{ status: "ok", length }` and then the piece's `length` bytes as one
+ * length-prefixed message, from `parts` as they come (the first goes in one write with the
+ * answer). Each write waits until the stream drains, or `options.signal` aborts the wait.
+ *
+ * The wait is for the stream's "drain" event, as libp2p's own length-prefixed writes do:
+ * `stream.onDrain()` (of @libp2p/utils 7.4) resolves at once after the stream's first drain, as
+ * it keeps the promise it resolved, so a loop on it would buffer a whole piece unsent.
+ */
+export async function writePiece(
+  stream: Stream,
+  length: number,
+  parts: AsyncIterable<Uint8Array>,
+  options: AbortOptions = {},
+): Promise<void> {
+  const answer = encodeJson({ status: 'ok', length })
+  let first = true
+  for await (const part of parts) {
+    const bytes = first
+      ? new Uint8ArrayList(varint.encode(answer.byteLength), answer, varint.encode(length), part)
+      : part
+    first = false
+    if (!stream.send(bytes))
+      await pEvent(stream, 'drain', {
+        rejectionEvents: ['close'],
+        ...(options.signal === undefined ? {} : { signal: options.signal }),
+      })
+  }
 }
 
 export function encodeJson(value: unknown): Uint8Array {

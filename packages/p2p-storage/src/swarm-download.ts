@@ -114,6 +114,9 @@ interface Request {
 
 const log = createLogger('p2p:swarm')
 
+/** From this piece size on, a request counts out of its peer's window once its piece is handed to the writing thread, not once it is verified. */
+const OVERLAP_WRITES_FROM_PIECE_SIZE = 16 * 1024 * 1024
+
 export async function downloadFromPeers(
   options: SwarmDownloadOptions,
 ): Promise<SwarmDownloadResult> {
@@ -226,15 +229,15 @@ export async function downloadFromPeers(
   )
   /**
    * The next piece to ask `peer` for: at random for the first few pieces, then rarest first (see
-   * PieceOrder), one that no request asks for yet; in the endgame, the first that only one asks
-   * for, when no such piece is left.
+   * PieceOrder), one that no request asks for yet and that is not being written; in the endgame,
+   * the first that only one asks for, when no such piece is left.
    */
   const choosePiece = (peer: PeerState, endgame: boolean): number | undefined => {
     const held = peer.have
     if (held === undefined) return undefined
     let duplicate: number | undefined
     const first = order.find((index) => {
-      if (!held.has(index) || peer.inFlight.has(index)) return false
+      if (!held.has(index) || peer.inFlight.has(index) || writing.has(index)) return false
       const running = requests.get(index)?.length ?? 0
       if (running === 0) return true
       if (endgame && running < 2) duplicate ??= index
@@ -250,8 +253,11 @@ export async function downloadFromPeers(
       return
     }
     const now = performance.now()
-    // `requests` holds the pieces with a request running (an entry goes with its last request).
-    const endgame = requests.size >= pieces - have.count
+    // `requests` holds the pieces with a request running (an entry goes with its last request),
+    // `writing` those handed to the writing thread: every missing piece is in one or the other.
+    let beingWritten = 0
+    for (const index of writing) if (!requests.has(index)) beingWritten++
+    const endgame = requests.size + beingWritten >= pieces - have.count
     for (const peer of peers) {
       if (peer.banned || peer.have === undefined || now < peer.unavailableUntil) continue
       while (peer.inFlight.size < peer.window) {
@@ -290,6 +296,7 @@ export async function downloadFromPeers(
     else if (queuedMs > 2 * queueingTargetMs && peer.window > 2) peer.window--
   }
 
+  const overlapWrites = pieceIndex.pieceSize >= OVERLAP_WRITES_FROM_PIECE_SIZE
   const request = (peer: PeerState, index: number) => {
     const controller = new AbortController()
     const entry: Request = { peer, index, controller }
@@ -305,12 +312,27 @@ export async function downloadFromPeers(
       controller.abort()
     }, pieceTimeoutMs)
     const requestedAt = performance.now()
+    // The request counts against its peer's window until its piece is verified, so that a peer
+    // that lies costs one piece. Pieces of 16 MiB or more count out once the writing thread has
+    // them: a window holds few of them (4 of 16 MiB by default), and the next one must arrive
+    // while this one is hashed and written (for pieces of 32 MiB, the default of a 100 GiB model,
+    // the two take about as long), at the price of a second piece a liar may send meanwhile.
+    let ended = false
+    const end = () => {
+      if (ended) return
+      ended = true
+      clearTimeout(timer)
+      peer.inFlight.delete(index)
+      const remaining = (requests.get(index) ?? []).filter((other) => other !== entry)
+      if (remaining.length === 0) requests.delete(index)
+      else requests.set(index, remaining)
+    }
     node
       .piece(peer.address, digest, index, { signal: controller.signal })
       .then(async (chunks) => {
         clearTimeout(timer)
         adjustWindow(peer, performance.now() - requestedAt)
-        const { start, end } = pieceIndex.range(index)
+        const range = pieceIndex.range(index)
         const length = chunks.reduce((sum, chunk) => sum + chunk.byteLength, 0)
         // Verified even when another copy came first (then not written): a liar is caught by any
         // bad piece it sends. Claimed before the first await, so that it is written once.
@@ -318,14 +340,19 @@ export async function downloadFromPeers(
         if (write) writing.add(index)
         let valid = false
         try {
-          valid =
-            length === end - start &&
-            (await file.verifyAndWrite(chunks, {
-              position: start,
+          if (length === range.end - range.start) {
+            const { written } = await file.handOver(chunks, {
+              position: range.start,
               sha256: pieceIndex.hashOf(index),
               write,
               signal,
-            }))
+            })
+            if (overlapWrites) {
+              end()
+              pump()
+            }
+            valid = await written
+          }
           if (valid && write) await journal.append(index)
         } catch (error) {
           if (write) writing.delete(index)
@@ -392,11 +419,7 @@ export async function downloadFromPeers(
         }
       })
       .finally(() => {
-        clearTimeout(timer)
-        peer.inFlight.delete(index)
-        const remaining = (requests.get(index) ?? []).filter((other) => other !== entry)
-        if (remaining.length === 0) requests.delete(index)
-        else requests.set(index, remaining)
+        end()
         pump()
       })
   }

@@ -106,8 +106,9 @@ describe('swarm download over real libp2p nodes', () => {
     expect(result.banned).toEqual([])
   })
 
-  it('moves pieces of 16 MiB, the default piece size of a 40 GB model', async () => {
-    // libp2p's default read buffer (4 MiB) refused any piece of 4 MiB or more.
+  it('moves pieces of 16 MiB, the default piece size of a 40 GB model, asking for the next while the last is hashed', async () => {
+    // libp2p's default read buffer (4 MiB) refused any piece of 4 MiB or more. A seed reads and
+    // sends such a piece in parts of 4 MiB: four here, and one of 1000 bytes for the last piece.
     const large = new Uint8Array(2 * 16 * 1024 * 1024 + 1000)
     for (let offset = 0; offset < large.length; offset += 4096) large[offset] = offset % 251
     const largePath = at('large-source')
@@ -126,14 +127,34 @@ describe('swarm download over real libp2p nodes', () => {
       path: largePath,
     })
     const path = at('large')
+    const leecher = await node()
+    const piece = leecher.piece.bind(leecher)
+    const events: string[] = []
+    leecher.piece = (peer, digest, index, options) => {
+      events.push(`ask ${index}`)
+      return piece(peer, digest, index, options)
+    }
     const result = await downloadFromPeers({
-      node: await node(),
+      node: leecher,
       peers: [source.addresses],
       pieceIndex: largeIndex,
       path,
+      maxInFlightPerPeer: 1,
+      onProgress: (event) => {
+        if (event.type === 'p2p:piece-verified') events.push(`verified ${event.detail.index}`)
+      },
     })
     expect(result.piecesByPeer).toEqual({ [source.peerId.toString()]: 3 })
     expect(Buffer.from(await readFile(path)).equals(Buffer.from(large))).toBe(true)
+    // One request at a time, yet each after the first goes out before the piece asked for before
+    // it is verified: a piece of this size counts out of the window once the writing thread has
+    // it, so that the next one arrives while it is hashed and written.
+    const asks = events.filter((event) => event.startsWith('ask'))
+    expect(asks).toHaveLength(3)
+    for (let position = 1; position < asks.length; position++)
+      expect(events.indexOf(asks[position]!)).toBeLessThan(
+        events.indexOf(`verified ${asks[position - 1]!.slice('ask '.length)}`),
+      )
   })
 
   it('keeps at most the bytes it is allowed in flight per peer', async () => {
@@ -157,8 +178,8 @@ describe('swarm download over real libp2p nodes', () => {
       path: at('bounded'),
       maxInFlightBytesPerPeer: 4 * PIECE_SIZE,
     })
-    // At most 4 at once (fewer when pieces resolve faster than they are written: the window
-    // frees a request's place only after its piece is on disk).
+    // At most 4 at once (fewer when pieces resolve faster than they are verified: the window
+    // frees a request's place only then).
     expect(mostAtOnce).toBeLessThanOrEqual(4)
     expect(mostAtOnce).toBeGreaterThanOrEqual(2)
     // Without the bound the window grows to 16 requests.
