@@ -23,6 +23,7 @@ import {
   StoreBlobProvider,
 } from '@llmesh/p2p-storage'
 import { multiaddr } from '@multiformats/multiaddr'
+import { pEvent } from 'p-event'
 
 // As the llmesh CLI does at startup (every role, the anchors' included).
 tuneHeapForTransfers()
@@ -80,9 +81,13 @@ if (setup.role === 'seed') {
     have: Bitfield.full(pieces),
     path: file,
   })
+  // The bare stream, with backpressure as libp2p's own writes have it: each send that fills the
+  // stream waits for its "drain" event. (`stream.onDrain()` of @libp2p/utils 7.4 resolves at once
+  // after the first drain, so a loop on it read the whole file into the stream's buffer.)
   await node.libp2p.handle('/bench/raw/1.0.0', async (stream) => {
     for await (const chunk of createReadStream(file, { highWaterMark: 1024 * 1024 })) {
-      if (!stream.send(chunk as Buffer)) await stream.onDrain()
+      if (!stream.send(chunk as Buffer))
+        await pEvent(stream, 'drain', { rejectionEvents: ['close'] })
     }
     await stream.close()
   })
