@@ -286,6 +286,14 @@ function writePiece(bytes, position, done) {
   })
 }
 
+// A chunk's memory, freed once it is copied or hashed: every chunk here was moved or cloned to
+// this thread, so none is shared. Left to this thread's garbage collector, which runs seldom (it
+// allocates little), the chunks of many pieces would wait, and the thread that reads the network
+// would take fresh memory for its next ones: 220,000 fresh pages per GiB in pieces of 64 MiB.
+function release(chunk) {
+  if (chunk.buffer.transfer !== undefined) chunk.buffer.transfer(0)
+}
+
 function nextWrite() {
   if (writing || queue.length === 0) return
   writing = true
@@ -303,7 +311,10 @@ parentPort.on('message', ({ id, chunks, position, sha256, write }) => {
   const expected = Buffer.from(sha256.buffer, sha256.byteOffset, sha256.byteLength)
   if (!write) {
     const hash = createHash('sha256')
-    for (const chunk of chunks) hash.update(chunk)
+    for (const chunk of chunks) {
+      hash.update(chunk)
+      release(chunk)
+    }
     return parentPort.postMessage({ id, valid: hash.digest().equals(expected) })
   }
   // The file holds no more pieces than buffers at once: one is free.
@@ -312,6 +323,7 @@ parentPort.on('message', ({ id, chunks, position, sha256, write }) => {
   for (const chunk of chunks) {
     buffer.set(chunk, length)
     length += chunk.byteLength
+    release(chunk)
   }
   const bytes = buffer.subarray(0, length)
   if (!createHash('sha256').update(bytes).digest().equals(expected)) {
