@@ -187,6 +187,7 @@ export async function downloadFromPeers(
     fastestPieceMs: Number.POSITIVE_INFINITY,
   }))
   const requests = new Map<number, Request[]>()
+  /** Pieces with the writing thread, not verified yet: none is asked for again meanwhile. */
   const writing = new Set<number>()
   const banned: SwarmDownloadResult['banned'] = []
   let wastedPieces = 0
@@ -253,8 +254,8 @@ export async function downloadFromPeers(
       return
     }
     const now = performance.now()
-    // `requests` holds the pieces with a request running (an entry goes with its last request),
-    // `writing` those handed to the writing thread: every missing piece is in one or the other.
+    // The endgame: every missing piece has a request running (`requests`: an entry goes with its
+    // last request) or is with the writing thread, not verified yet (`writing`).
     let beingWritten = 0
     for (const index of writing) if (!requests.has(index)) beingWritten++
     const endgame = requests.size + beingWritten >= pieces - have.count
