@@ -577,36 +577,25 @@ export class PeerNode {
           const end = Math.min(blob.size, start + blob.pieceSize)
           // The piece must be taken within the upload timeout, not counting the upload rate's
           // waits: a rate limit is this node's doing, not the asker's.
-          const timeout = new AbortController()
           const timeoutMs = this.options.limits?.uploadTimeoutMs ?? 60_000
-          let timeLeftMs = timeoutMs
-          let armedAt = 0
-          let timer: NodeJS.Timeout | undefined
-          const arm = () => {
-            armedAt = performance.now()
-            timer = setTimeout(
-              () => timeout.abort(new Error(`piece ${index} was not taken within ${timeoutMs} ms`)),
-              timeLeftMs,
-            )
-          }
-          const disarm = () => {
-            clearTimeout(timer)
-            timeLeftMs -= performance.now() - armedAt
-          }
+          const timeout = new PausableTimeout(
+            timeoutMs,
+            () => new Error(`piece ${index} was not taken within ${timeoutMs} ms`),
+          )
           const uploads = this.uploads
           const parts = async function* () {
             for (let position = start; position < end; position += PIECE_PART_BYTES) {
               const partEnd = Math.min(end, position + PIECE_PART_BYTES)
               await uploads.take(peer, partEnd - position)
-              arm()
+              timeout.resume()
               yield await blob.read(position, partEnd)
-              disarm()
+              timeout.pause()
             }
           }
           try {
             await writePiece(stream, end - start, parts(), { signal: timeout.signal })
           } finally {
-            clearTimeout(timer)
+            timeout.pause()
           }
           this.uploaded.set(peer, (this.uploaded.get(peer) ?? 0) + end - start)
         } finally {
@@ -617,6 +606,35 @@ export class PeerNode {
       this.log('piece request from %s failed: %s', peer, String(error))
       stream.abort(error instanceof Error ? error : new Error(String(error)))
     }
+  }
+}
+
+/** An abort signal that fires once `ms` have passed while running: time paused does not count. */
+class PausableTimeout {
+  private readonly controller = new AbortController()
+  private timer: NodeJS.Timeout | undefined
+  private startedAt = 0
+
+  constructor(
+    private leftMs: number,
+    private readonly reason: () => Error,
+  ) {}
+
+  get signal(): AbortSignal {
+    return this.controller.signal
+  }
+
+  resume(): void {
+    if (this.timer !== undefined) return
+    this.startedAt = performance.now()
+    this.timer = setTimeout(() => this.controller.abort(this.reason()), this.leftMs)
+  }
+
+  pause(): void {
+    if (this.timer === undefined) return
+    clearTimeout(this.timer)
+    this.timer = undefined
+    this.leftMs -= performance.now() - this.startedAt
   }
 }
 

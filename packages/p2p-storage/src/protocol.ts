@@ -137,7 +137,8 @@ export function messageStream(
 /**
  * Writes the answer `{ status: "ok", length }` and then the piece's `length` bytes as one
  * length-prefixed message, from `parts` as they come (the first goes in one write with the
- * answer). Each write waits until the stream drains, or `options.signal` aborts the wait.
+ * answer). Each write waits until the stream drains; `options.signal` ends the wait, or the
+ * write of a part after it aborted.
  *
  * The wait is for the stream's "drain" event, as libp2p's own length-prefixed writes do:
  * `stream.onDrain()` (of @libp2p/utils 7.4) resolves at once after the stream's first drain, as
@@ -152,6 +153,7 @@ export async function writePiece(
   const answer = encodeJson({ status: 'ok', length })
   let first = true
   for await (const part of parts) {
+    options.signal?.throwIfAborted()
     const bytes = first
       ? new Uint8ArrayList(varint.encode(answer.byteLength), answer, varint.encode(length), part)
       : part

@@ -494,6 +494,20 @@ describe('swarm download over real libp2p nodes', () => {
     ).toBe(true)
   })
 
+  it('does not count the waits of the upload rate against the upload timeout', async () => {
+    // A burst of 1 MiB (16 pieces), then a piece every 250 ms: the 20th waits a second at the
+    // rate, ten times the timeout, yet its asker reads it at once.
+    const server = await seed({
+      limits: { uploadBytesPerSecond: 4 * PIECE_SIZE, uploadTimeoutMs: 100 },
+    })
+    const leecher = await node()
+    const indexes = Array.from({ length: 20 }, (_, index) => index)
+    const delivered = await Promise.all(
+      indexes.map((index) => leecher.piece(server.addresses, pieceIndex.sha256, index)),
+    )
+    for (const index of indexes) expect(pieceIndex.verifyPiece(index, delivered[index]!)).toBe(true)
+  })
+
   it('answers "busy" past its cap on concurrent uploads, and serves again once one ends', async () => {
     let release!: () => void
     const gate = new Promise<void>((resolve) => {
