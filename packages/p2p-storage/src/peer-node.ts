@@ -609,7 +609,7 @@ export class PeerNode {
   }
 }
 
-/** An abort signal that fires once `ms` have passed while running: time paused does not count. */
+/** An abort signal that fires once `leftMs` have passed while running (after `resume()`): time paused does not count. */
 class PausableTimeout {
   private readonly controller = new AbortController()
   private timer: NodeJS.Timeout | undefined
