@@ -4,6 +4,9 @@
  *      (same encryption, the same file's bytes, nothing else, received in a process of its own
  *      as the leecher's) and raw TCP, same run; with TLS, then with Noise; each in a new process,
  *      then again in that process (a second GiB over the same connection);
+ *   1b. fan-in: one leecher from 8 seeds in pieces of 32 MiB, every seed's upload capped at
+ *      32 MiB/s: its time and peak memory with the cap on bytes in flight over all peers (256 MiB
+ *      by default), against the same without that cap;
  *   2. swarm: one seed and N leechers (8, and 4), every node's upload capped at 32 MiB/s: when
  *      each finishes, and how much the seed uploaded;
  *   3. a lying peer (one byte flipped in every fourth piece) beside an honest one: pieces wasted,
@@ -14,7 +17,7 @@
  *   5. DHT: 200 nodes in this process, each bootstrapped from one before it; 3 announce a blob,
  *      10 others look for it: how long, how many found, against asking a known peer directly.
  *
- *   node bench/p2p.bench.ts [--size-mib 1024] [--only transfer,swarm,liar,pulls,dht] [--leechers 4,8] [--pullers 4] [--dht-nodes 200] [--runs 3] [--smoke]
+ *   node bench/p2p.bench.ts [--size-mib 1024] [--only transfer,fan-in,swarm,liar,pulls,dht] [--leechers 4,8] [--pullers 4] [--dht-nodes 200] [--runs 3] [--smoke]
  *
  * Writes bench/results/p2p.json and the table in README.md after a complete run (not --smoke).
  */
@@ -47,7 +50,9 @@ tuneHeapForTransfers()
 const smoke = values.smoke
 const sizeMiB = smoke ? 16 : Number(values['size-mib'])
 const size = sizeMiB * 1024 * 1024
-const sections = new Set(values.only?.split(',') ?? ['transfer', 'swarm', 'liar', 'pulls', 'dht'])
+const sections = new Set(
+  values.only?.split(',') ?? ['transfer', 'fan-in', 'swarm', 'liar', 'pulls', 'dht'],
+)
 const complete = values.only === undefined && values.leechers === undefined && values.runs === '3'
 const folder = join(tmpdir(), `llmesh-p2p-bench-${process.pid}`)
 const children: ChildProcess[] = []
@@ -451,6 +456,79 @@ try {
       )
     }
     results.transfer = transfers
+  }
+
+  if (sections.has('fan-in')) {
+    // One leecher from 8 seeds in pieces of 32 MiB (a 100 GB model's), each seed's upload capped
+    // at 32 MiB/s: the peers' windows (2 pieces each) would allow 512 MiB in flight, the cap over
+    // all peers (256 MiB by default) holds it to 8 pieces. Against the same without that cap.
+    const seedCount = smoke ? 2 : 8
+    const fanInPieceSize = (smoke ? 4 : 32) * MiB
+    const fanInIndex = (
+      await createManifest({
+        files: [{ file, path: 'blob.bin' }],
+        manifest: { id: 'bench/p2p', version: '1.0.0', license: { id: 'mit' } },
+        pieceSize: fanInPieceSize,
+      })
+    ).pieceIndexes[0]!.toJSON()
+    const fanInSetup = { encryption: 'tls', pieceSize: fanInPieceSize, pieceIndex: fanInIndex }
+    const seeds: Ready[] = []
+    for (let index = 0; index < seedCount; index++)
+      seeds.push(
+        await startPeer({
+          role: 'seed',
+          file,
+          uploadBytesPerSecond: SWARM_UPLOAD_CAP,
+          ...fanInSetup,
+        }),
+      )
+    const byMode = {
+      capped: [] as Array<{ seconds: number; peakRssMiB: number }>,
+      uncapped: [] as Array<{ seconds: number; peakRssMiB: number }>,
+    }
+    // Run -1 warms the seeds up (their first pieces ran a third slower, whichever mode came first).
+    for (let run = smoke ? 0 : -1; run < (smoke ? 1 : Number(values.runs)); run++)
+      for (const mode of ['capped', 'uncapped'] as const) {
+        await readIntoPageCache(file)
+        const leecher = await startPeer({
+          role: 'leecher',
+          ...fanInSetup,
+          ...(mode === 'uncapped' ? { maxInFlightBytes: Number.MAX_SAFE_INTEGER } : {}),
+        })
+        const output = join(folder, `fan-in-${mode}.bin`)
+        const done = await request<{ seconds: number; peakRssMiB: number; error?: string }>(
+          leecher.child,
+          { start: seeds.map((peer) => peer.addresses[0]), output },
+          'done',
+        )
+        if (done.error !== undefined) throw new Error(done.error)
+        if (run >= 0) byMode[mode].push({ seconds: done.seconds, peakRssMiB: done.peakRssMiB })
+        console.log(
+          `  fan-in ${run < 0 ? 'warm-up' : `run ${run}`} (${mode}): ${done.seconds.toFixed(2)} s, peak RSS ${done.peakRssMiB.toFixed(0)} MiB`,
+        )
+        leecher.child.kill()
+        await rm(output, { force: true })
+        await rm(`${output}.journal`, { force: true })
+      }
+    for (const peer of seeds) peer.child.kill()
+    const summary = (runs: Array<{ seconds: number; peakRssMiB: number }>) => ({
+      seconds: median(runs.map((run) => run.seconds)),
+      peakRssMiB: median(runs.map((run) => run.peakRssMiB)),
+    })
+    const capped = summary(byMode.capped)
+    const uncapped = summary(byMode.uncapped)
+    results.fanIn = {
+      seeds: seedCount,
+      pieceSizeMiB: fanInPieceSize / MiB,
+      uploadCapMiB: SWARM_UPLOAD_CAP / MiB,
+      capped,
+      uncapped,
+      runs: byMode,
+    }
+    console.log('1b. fan-in', results.fanIn)
+    rows.push(
+      `| one leecher from ${seedCount} seeds, ${sizeMiB} MiB in pieces of ${fanInPieceSize / MiB} MiB, each seed's upload capped at 32 MiB/s | ${rate(size, capped.seconds)} (${capped.seconds.toFixed(2)} s); peak RSS ${capped.peakRssMiB.toFixed(0)} MiB, at most 256 MiB of pieces in flight | the same without the cap over all peers: ${rate(size, uncapped.seconds)} (${uncapped.seconds.toFixed(2)} s), peak RSS ${uncapped.peakRssMiB.toFixed(0)} MiB | ${(uncapped.seconds / capped.seconds).toFixed(2)} of its rate, ${(capped.peakRssMiB / uncapped.peakRssMiB).toFixed(2)} of its memory | reported |`,
+    )
   }
 
   if (sections.has('swarm')) {

@@ -46,6 +46,8 @@ const setup = JSON.parse(process.argv[2]!) as {
   uploadBytesPerSecond?: number
   encryption?: 'tls' | 'noise'
   lie?: 'flip'
+  /** A leecher's cap on bytes in flight over all peers (the default when not given). */
+  maxInFlightBytes?: number
 }
 const store = setup.store === undefined ? undefined : await ModelStore.open({ root: setup.store })
 const provider = new StoreBlobProvider(store)
@@ -174,7 +176,9 @@ process.on('message', async (message: Command) => {
         peers: message.start,
         pieceIndex: setup.pieceIndex,
         path: message.output ?? setup.output!,
-        maxInFlightPerPeer: 16,
+        ...(setup.maxInFlightBytes === undefined
+          ? {}
+          : { maxInFlightBytes: setup.maxInFlightBytes }),
       })
       process.send!({
         done: true,

@@ -11,7 +11,8 @@
  * - Each peer has a window of requests in flight that grows while its pieces come without
  *   queueing there, so faster peers carry more, and a busy seed is asked for few pieces at a time
  *   (which keeps leechers from asking it for the same ones); a peer that times out is snubbed
- *   (window 1, left alone for a while).
+ *   (window 1, left alone for a while). Over all peers, the bytes of requested pieces are capped
+ *   too, so that memory stays bounded however many peers serve; the peers then share it evenly.
  * - Endgame: when every missing piece is requested, the last ones are also asked of other peers,
  *   and the losers are cancelled.
  * - The file's verified pieces are journaled, so a download killed at any point resumes without
@@ -60,6 +61,14 @@ export interface SwarmDownloadOptions extends ProgressOptions<SwarmProgressEvent
   maxInFlightPerPeer?: number
   /** Bytes of requested pieces per peer at most, when `maxInFlightPerPeer` is not given; default 64 MiB. */
   maxInFlightBytesPerPeer?: number
+  /**
+   * Bytes of requested pieces over all peers at most; default 256 MiB (but at least 2 pieces). A
+   * piece is held until the writing thread takes it (whose buffers come on top: 32 MiB, or 2
+   * pieces), so this bounds the download's memory whatever the number of peers: with pieces of
+   * 32 MiB (a 100 GB model's) and 8 peers, the windows alone would allow 512 MiB. When it binds,
+   * the peers share it evenly: none is asked for a second piece while another has none.
+   */
+  maxInFlightBytes?: number
   /**
    * How long a piece may queue at a peer (past the fastest piece it delivered) before its window
    * of requests stops growing; past twice this, the window shrinks. Default 100 ms.
@@ -137,6 +146,10 @@ export async function downloadFromPeers(
         Math.floor((options.maxInFlightBytesPerPeer ?? 64 * 1024 * 1024) / pieceIndex.pieceSize),
       ),
     )
+  const maxRequests = Math.max(
+    2,
+    Math.floor((options.maxInFlightBytes ?? 256 * 1024 * 1024) / pieceIndex.pieceSize),
+  )
   const pieceTimeoutMs = options.pieceTimeoutMs ?? 30_000
   const queueingTargetMs = options.queueingTargetMs ?? 100
   const stallTimeoutMs = options.stallTimeoutMs ?? 60_000
@@ -187,6 +200,10 @@ export async function downloadFromPeers(
     fastestPieceMs: Number.POSITIVE_INFINITY,
   }))
   const requests = new Map<number, Request[]>()
+  /** Requests running over all peers (`requests` maps a piece to its requests, endgame duplicates included). */
+  let requestsRunning = 0
+  /** Where the next pump starts its turns, so that no peer is always first when the cap binds. */
+  let firstPeer = 0
   /** Pieces with the writing thread, not verified yet: none is asked for again meanwhile. */
   const writing = new Set<number>()
   const banned: SwarmDownloadResult['banned'] = []
@@ -259,12 +276,27 @@ export async function downloadFromPeers(
     let beingWritten = 0
     for (const index of writing) if (!requests.has(index)) beingWritten++
     const endgame = requests.size + beingWritten >= pieces - have.count
-    for (const peer of peers) {
-      if (peer.banned || peer.have === undefined || now < peer.unavailableUntil) continue
-      while (peer.inFlight.size < peer.window) {
-        const index = choosePiece(peer, endgame)
-        if (index === undefined) break
-        request(peer, index)
+    // Level by level: every peer up to one request, then up to two, and so on, each up to its
+    // window, so that when the cap over all peers (`maxRequests`) binds, it is shared evenly and
+    // no peer sits idle while another holds two. Each pump starts with another peer.
+    firstPeer = (firstPeer + 1) % Math.max(1, peers.length)
+    /** Peers with nothing left to ask for in this pump. */
+    const exhausted = new Array<boolean>(peers.length).fill(false)
+    for (let level = 1; level <= maxWindow && requestsRunning < maxRequests; level++) {
+      for (let turn = 0; turn < peers.length && requestsRunning < maxRequests; turn++) {
+        const position = (firstPeer + turn) % peers.length
+        const peer = peers[position]!
+        if (exhausted[position] || peer.banned || peer.have === undefined) continue
+        if (now < peer.unavailableUntil) continue
+        const room = Math.min(level, peer.window)
+        while (peer.inFlight.size < room && requestsRunning < maxRequests) {
+          const index = choosePiece(peer, endgame)
+          if (index === undefined) {
+            exhausted[position] = true
+            break
+          }
+          request(peer, index)
+        }
       }
     }
     if (requests.size === 0 && now - lastProgressAt > stallTimeoutMs)
@@ -305,6 +337,7 @@ export async function downloadFromPeers(
     list.push(entry)
     requests.set(index, list)
     peer.inFlight.add(index)
+    requestsRunning++
     // A timer per request, cleared with it: an AbortSignal.timeout would live its whole 30 s, and
     // keep the request's objects alive as long (old-generation garbage, a full collection's work).
     let timedOut = false
@@ -324,6 +357,7 @@ export async function downloadFromPeers(
       ended = true
       clearTimeout(timer)
       peer.inFlight.delete(index)
+      requestsRunning--
       const remaining = (requests.get(index) ?? []).filter((other) => other !== entry)
       if (remaining.length === 0) requests.delete(index)
       else requests.set(index, remaining)

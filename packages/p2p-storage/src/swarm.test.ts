@@ -193,6 +193,45 @@ describe('swarm download over real libp2p nodes', () => {
     expect(mostAtOnce).toBeGreaterThan(4)
   })
 
+  it('keeps at most the bytes it is allowed in flight over all peers, and shares them among the peers', async () => {
+    const seeds = [await seed(), await seed(), await seed(), await seed()]
+    const leecher = await node()
+    const piece = leecher.piece.bind(leecher)
+    let inFlight = 0
+    let mostAtOnce = 0
+    leecher.piece = async (...request) => {
+      mostAtOnce = Math.max(mostAtOnce, ++inFlight)
+      try {
+        return await piece(...request)
+      } finally {
+        inFlight--
+      }
+    }
+    const path = at('capped')
+    const capped = await downloadFromPeers({
+      node: leecher,
+      peers: seeds.map((peer) => peer.addresses),
+      pieceIndex,
+      path,
+      maxInFlightBytes: 3 * PIECE_SIZE,
+    })
+    expect(Buffer.from(await readFile(path)).equals(Buffer.from(blob))).toBe(true)
+    expect(mostAtOnce).toBeLessThanOrEqual(3)
+    // Three places for four peers: they take turns, so none is left out.
+    expect(Object.keys(capped.piecesByPeer).sort()).toEqual(
+      seeds.map((peer) => peer.peerId.toString()).sort(),
+    )
+    // Without the cap (default 256 MiB, far above this file), each peer's window holds 2 or more.
+    mostAtOnce = 0
+    await downloadFromPeers({
+      node: leecher,
+      peers: seeds.map((peer) => peer.addresses),
+      pieceIndex,
+      path: at('uncapped'),
+    })
+    expect(mostAtOnce).toBeGreaterThan(3)
+  })
+
   it('asks a peer whose pieces queue behind its upload limit for few at once', async () => {
     // 64 KiB pieces at 1 MiB/s: past the limit's first MiB, a piece leaves every 62.5 ms, so each
     // request more in flight adds 62.5 ms of queueing to every piece.
