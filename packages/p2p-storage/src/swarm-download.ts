@@ -18,6 +18,8 @@
  * - The file's verified pieces are journaled, so a download killed at any point resumes without
  *   fetching them again; the node serves them to others while it downloads.
  */
+
+import { dirname } from 'node:path'
 import {
   anySignal,
   createLogger,
@@ -27,7 +29,7 @@ import {
   sleep,
   throwIfAborted,
 } from '@llmesh/core'
-import { Journal, PieceFile } from '@llmesh/downloader'
+import { DownloadError, formatBytes, Journal, nodeFileSystem, PieceFile } from '@llmesh/downloader'
 import { PieceIndex, type PieceIndexDocument } from '@llmesh/manifest'
 import { Bitfield } from './bitfield.js'
 import { PeerError } from './errors.js'
@@ -162,6 +164,23 @@ export async function downloadFromPeers(
     key: digest,
     verification: 'pieces',
   })
+  // What is left to fetch must fit on the disk: refused before anything is asked for, rather than
+  // stopped by a full disk hours into a large model.
+  let resumedBytes = 0
+  for (const index of journal.pieces) {
+    const { start, end } = pieceIndex.range(index)
+    resumedBytes += end - start
+  }
+  const free = await nodeFileSystem.freeBytes(dirname(path))
+  if (free < pieceIndex.size - resumedBytes) {
+    await journal.close()
+    throw new DownloadError({
+      code: 'LLMESH_INSUFFICIENT_SPACE',
+      digest,
+      path,
+      message: `Not enough free space in ${dirname(path)}: ${formatBytes(pieceIndex.size - resumedBytes)} still to download, ${formatBytes(free)} free.`,
+    })
+  }
   const file = await PieceFile.open(path, {
     size: pieceIndex.size,
     pieceSize: pieceIndex.pieceSize,
@@ -393,7 +412,7 @@ export async function downloadFromPeers(
           if (write) writing.delete(index)
           // The disk (full, say) or the writing thread failed, not the peer: the download stops
           // with that error, and the pieces journaled so far are kept for a resume.
-          if (!signal.aborted) settle.reject(error)
+          if (!signal.aborted) settle.reject(diskError(error))
           return
         }
         if (!valid) {
@@ -458,6 +477,19 @@ export async function downloadFromPeers(
         pump()
       })
   }
+
+  /** A full disk as the downloader says it (`LLMESH_DISK_FULL`); other errors as they are. */
+  const diskError = (error: unknown): unknown =>
+    (error as { code?: unknown } | undefined)?.code === 'ENOSPC'
+      ? new DownloadError({
+          code: 'LLMESH_DISK_FULL',
+          digest,
+          path,
+          cause: error,
+          isRetryable: true,
+          message: `The disk holding ${path} is full. The ${have.count} verified pieces are kept; free some space and download again to resume.`,
+        })
+      : error
 
   // Each peer's piece list is watched: the peer pushes the pieces it verifies, so that the rarest
   // first choice and the endgame see them at once. A watch that ends early (the peer does not

@@ -1,8 +1,9 @@
 import { spawn } from 'node:child_process'
 import { createHash } from 'node:crypto'
-import { copyFile, readFile, writeFile } from 'node:fs/promises'
+import { copyFile, readFile, stat, statfs, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
-import { createManifest, type PieceIndex } from '@llmesh/manifest'
+import { DownloadError } from '@llmesh/downloader'
+import { createManifest, PieceIndex } from '@llmesh/manifest'
 import { createTempDir, openDescriptorsOf, type TempDir } from '@llmesh/testkit'
 import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest'
 import { Bitfield } from './bitfield.js'
@@ -230,6 +231,34 @@ describe('swarm download over real libp2p nodes', () => {
       path: at('uncapped'),
     })
     expect(mostAtOnce).toBeGreaterThan(3)
+  })
+
+  it('refuses to start when the disk has less free space than the blob needs, asking no peer', async () => {
+    const { bavail, bsize } = await statfs(directory.path)
+    // A blob 1 GiB larger than the free space, in pieces of 256 MiB (its hashes are never read).
+    const pieceSize = 256 * 1024 * 1024
+    const size = (Math.ceil((bavail * bsize) / pieceSize) + 4) * pieceSize
+    const tooLarge = new PieceIndex({
+      sha256: 'ab'.repeat(32),
+      size,
+      pieceSize,
+      hashes: new Uint8Array((size / pieceSize) * 32),
+    })
+    const server = await seed()
+    const leecher = await node()
+    const piece = vi.spyOn(leecher, 'piece')
+    const path = at('too-large')
+    const error = await downloadFromPeers({
+      node: leecher,
+      peers: [server.addresses],
+      pieceIndex: tooLarge,
+      path,
+    }).catch((caught: unknown) => caught)
+    expect(DownloadError.isInstance(error) && error.code).toBe('LLMESH_INSUFFICIENT_SPACE')
+    expect((error as DownloadError).path).toBe(path)
+    expect((error as Error).message).toMatch(/still to download, .* free/)
+    expect(piece).not.toHaveBeenCalled()
+    await expect(stat(path)).rejects.toMatchObject({ code: 'ENOENT' })
   })
 
   it('asks a peer whose pieces queue behind its upload limit for few at once', async () => {
