@@ -105,6 +105,8 @@ interface PeerState {
   id: string
   address: PeerAddress
   have: Bitfield | undefined
+  /** Its piece list has neither come nor failed yet: it is still being reached. */
+  listAwaited: boolean
   inFlight: Set<number>
   window: number
   banned: boolean
@@ -210,6 +212,7 @@ export async function downloadFromPeers(
     id: peerIdOf(address),
     address,
     have: undefined,
+    listAwaited: true,
     inFlight: new Set(),
     window: Math.min(2, maxWindow),
     banned: false,
@@ -297,18 +300,28 @@ export async function downloadFromPeers(
     const endgame = requests.size + beingWritten >= pieces - have.count
     // Level by level: every peer up to one request, then up to two, and so on, each up to its
     // window, so that when the cap over all peers (`maxRequests`) binds, it is shared evenly and
-    // no peer sits idle while another holds two. Each pump starts with another peer.
+    // no peer sits idle while another holds two. Each pump starts with another peer. Peers still
+    // being reached keep their share of the cap, so that the first to answer do not take it all.
     firstPeer = (firstPeer + 1) % Math.max(1, peers.length)
+    let usable = 0
+    let awaited = 0
+    for (const peer of peers) {
+      if (peer.banned) continue
+      usable++
+      if (peer.listAwaited) awaited++
+    }
+    const share = Math.max(1, Math.floor(maxRequests / Math.max(1, usable)))
+    const limit = Math.max(1, maxRequests - awaited * share)
     /** Peers with nothing left to ask for in this pump. */
     const exhausted = new Array<boolean>(peers.length).fill(false)
-    for (let level = 1; level <= maxWindow && requestsRunning < maxRequests; level++) {
-      for (let turn = 0; turn < peers.length && requestsRunning < maxRequests; turn++) {
+    for (let level = 1; level <= maxWindow && requestsRunning < limit; level++) {
+      for (let turn = 0; turn < peers.length && requestsRunning < limit; turn++) {
         const position = (firstPeer + turn) % peers.length
         const peer = peers[position]!
         if (exhausted[position] || peer.banned || peer.have === undefined) continue
         if (now < peer.unavailableUntil) continue
         const room = Math.min(level, peer.window)
-        while (peer.inFlight.size < room && requestsRunning < maxRequests) {
+        while (peer.inFlight.size < room && requestsRunning < limit) {
           const index = choosePiece(peer, endgame)
           if (index === undefined) {
             exhausted[position] = true
@@ -507,6 +520,7 @@ export async function downloadFromPeers(
             return
           }
           peer.have = answer.have
+          peer.listAwaited = false
           order.invalidate()
           pumpSoon()
         }
@@ -519,6 +533,11 @@ export async function downloadFromPeers(
           ban(peer, error.message, -1)
           return
         } else peer.unavailableUntil = performance.now() + 1_000
+      }
+      // Ended early, or failed: no share of the cap is kept for it any more.
+      if (peer.listAwaited) {
+        peer.listAwaited = false
+        pumpSoon()
       }
       await sleep(options.haveRefreshMs ?? 1_000, { signal }).catch(() => {})
     }

@@ -233,6 +233,51 @@ describe('swarm download over real libp2p nodes', () => {
     expect(mostAtOnce).toBeGreaterThan(3)
   })
 
+  it('keeps a share of that cap for a peer whose piece list has not come yet', async () => {
+    const seeds = [await seed(), await seed(), await seed(), await seed()]
+    const late = seeds[3]!.peerId.toString()
+    const leecher = await node()
+    // The last peer's piece list comes once 8 pieces are verified, as from a peer slow to reach.
+    let release!: () => void
+    const released = new Promise<void>((resolve) => {
+      release = resolve
+    })
+    const watchHave = leecher.watchHave.bind(leecher)
+    leecher.watchHave = async function* (peer, digest, options) {
+      if (peerIdOf(peer) === late) await released
+      yield* watchHave(peer, digest, options)
+    }
+    const piece = leecher.piece.bind(leecher)
+    let inFlight = 0
+    let mostAtOnceBeforeItCame = 0
+    let lateListCame = false
+    leecher.piece = async (...request) => {
+      inFlight++
+      if (!lateListCame) mostAtOnceBeforeItCame = Math.max(mostAtOnceBeforeItCame, inFlight)
+      try {
+        return await piece(...request)
+      } finally {
+        inFlight--
+      }
+    }
+    const result = await downloadFromPeers({
+      node: leecher,
+      peers: seeds.map((peer) => peer.addresses),
+      pieceIndex,
+      path: at('late'),
+      maxInFlightBytes: 4 * PIECE_SIZE,
+      onProgress: (event: SwarmProgressEvent) => {
+        if (event.type === 'p2p:piece-verified' && event.detail.verified === 8) {
+          lateListCame = true
+          release()
+        }
+      },
+    })
+    // Three of the four places while it was awaited: the first three peers did not take its own.
+    expect(mostAtOnceBeforeItCame).toBe(3)
+    expect(result.piecesByPeer[late]).toBeGreaterThan(0)
+  })
+
   it('refuses to start when the disk has less free space than the blob needs, asking no peer', async () => {
     const { bavail, bsize } = await statfs(directory.path)
     // A blob 1 GiB larger than the free space, in pieces of 256 MiB (its hashes are never read).
