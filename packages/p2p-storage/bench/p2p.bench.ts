@@ -660,6 +660,15 @@ try {
       // Let bootstrap dials and identify fill the routing tables.
       await new Promise((resolve) => setTimeout(resolve, smoke ? 1_000 : 10_000))
       const seeds = nodes.slice(count - 3)
+      // A seed that knows no peer yet would announce into an empty routing table and wait there
+      // for a minute (a smoke run in CI, its cores shared with other benchmarks, saw it): up to
+      // 30 s more for each seed's first connection.
+      const connectedBy = performance.now() + 30_000
+      while (
+        seeds.some((seed) => seed.libp2p.getConnections().length === 0) &&
+        performance.now() < connectedBy
+      )
+        await new Promise((resolve) => setTimeout(resolve, 100))
       for (const provider of seedProviders)
         provider.serve(pieceIndex.sha256, {
           size,
@@ -672,11 +681,20 @@ try {
       const loopDelay = monitorEventLoopDelay({ resolution: 10 })
       loopDelay.enable()
       let started = performance.now()
-      await Promise.all(
-        seeds.map((seed) =>
-          seed.announce(pieceIndex.sha256, { signal: AbortSignal.timeout(60_000) }),
-        ),
-      )
+      // An announce that fails (after a minute, at most) is counted, not fatal.
+      const announced = (
+        await Promise.all(
+          seeds.map((seed) =>
+            seed.announce(pieceIndex.sha256, { signal: AbortSignal.timeout(60_000) }).then(
+              () => true,
+              (error: unknown) => {
+                console.log(`  an announce failed: ${error}`)
+                return false
+              },
+            ),
+          ),
+        )
+      ).filter(Boolean).length
       const announceSeconds = (performance.now() - started) / 1000
       const lookups: number[] = []
       const direct: number[] = []
@@ -708,6 +726,7 @@ try {
       const dht = {
         nodes: count,
         announceSeconds,
+        announced,
         found,
         askers: lookups.length,
         lookupMs: { median: median(lookups), max: Math.max(...lookups), runs: lookups },
@@ -726,7 +745,7 @@ try {
       results.dht = dht
       console.log('5. dht', dht)
       rows.push(
-        `| DHT: ${count} nodes (one process), 3 announce a blob, ${lookups.length} others look for it | announced in ${announceSeconds.toFixed(1)} s; found by ${found} of ${lookups.length}, median ${dht.lookupMs.median.toFixed(0)} ms, slowest ${dht.lookupMs.max.toFixed(0)} ms | ${direct.length === 0 ? 'asking a known peer directly: every ask failed' : `asking a known peer directly: median ${median(direct).toFixed(0)} ms${directFailures > 0 ? ` (${directFailures} failed)` : ''}`}; the shared event loop ran late by ${dht.eventLoopDelayMs.median.toFixed(0)} ms (median), ${dht.eventLoopDelayMs.p99.toFixed(0)} ms (p99) | ${direct.length === 0 ? '' : `${(median(lookups) / median(direct)).toFixed(1)}× a direct ask`} | reported |`,
+        `| DHT: ${count} nodes (one process), 3 announce a blob, ${lookups.length} others look for it | announced in ${announceSeconds.toFixed(1)} s${announced < seeds.length ? ` (${seeds.length - announced} of ${seeds.length} failed)` : ''}; found by ${found} of ${lookups.length}, median ${dht.lookupMs.median.toFixed(0)} ms, slowest ${dht.lookupMs.max.toFixed(0)} ms | ${direct.length === 0 ? 'asking a known peer directly: every ask failed' : `asking a known peer directly: median ${median(direct).toFixed(0)} ms${directFailures > 0 ? ` (${directFailures} failed)` : ''}`}; the shared event loop ran late by ${dht.eventLoopDelayMs.median.toFixed(0)} ms (median), ${dht.eventLoopDelayMs.p99.toFixed(0)} ms (p99) | ${direct.length === 0 ? '' : `${(median(lookups) / median(direct)).toFixed(1)}× a direct ask`} | reported |`,
       )
     } finally {
       await Promise.all(nodes.map((node) => node.stop().catch(() => {})))

@@ -82,6 +82,22 @@ async function seed(
   return started
 }
 
+/** Counts the requests for pieces `leecher` has in flight: the most at once (until set back to 0). */
+function countRequests(leecher: PeerNode): { mostAtOnce: number } {
+  const counted = { mostAtOnce: 0 }
+  let inFlight = 0
+  const piece = leecher.piece.bind(leecher)
+  leecher.piece = async (...request) => {
+    counted.mostAtOnce = Math.max(counted.mostAtOnce, ++inFlight)
+    try {
+      return await piece(...request)
+    } finally {
+      inFlight--
+    }
+  }
+  return counted
+}
+
 function at(name: string): string {
   return join(directory.path, `${name}-${Math.random().toString(36).slice(2)}`)
 }
@@ -161,17 +177,7 @@ describe('swarm download over real libp2p nodes', () => {
   it('keeps at most the bytes it is allowed in flight per peer', async () => {
     const server = await seed()
     const leecher = await node()
-    const piece = leecher.piece.bind(leecher)
-    let inFlight = 0
-    let mostAtOnce = 0
-    leecher.piece = async (...request) => {
-      mostAtOnce = Math.max(mostAtOnce, ++inFlight)
-      try {
-        return await piece(...request)
-      } finally {
-        inFlight--
-      }
-    }
+    const requests = countRequests(leecher)
     await downloadFromPeers({
       node: leecher,
       peers: [server.addresses],
@@ -181,33 +187,23 @@ describe('swarm download over real libp2p nodes', () => {
     })
     // At most 4 at once (fewer when pieces resolve faster than they are verified: the window
     // frees a request's place only then).
-    expect(mostAtOnce).toBeLessThanOrEqual(4)
-    expect(mostAtOnce).toBeGreaterThanOrEqual(2)
+    expect(requests.mostAtOnce).toBeLessThanOrEqual(4)
+    expect(requests.mostAtOnce).toBeGreaterThanOrEqual(2)
     // Without the bound the window grows to 16 requests.
-    mostAtOnce = 0
+    requests.mostAtOnce = 0
     await downloadFromPeers({
       node: leecher,
       peers: [server.addresses],
       pieceIndex,
       path: at('free'),
     })
-    expect(mostAtOnce).toBeGreaterThan(4)
+    expect(requests.mostAtOnce).toBeGreaterThan(4)
   })
 
   it('keeps at most the bytes it is allowed in flight over all peers, and shares them among the peers', async () => {
     const seeds = [await seed(), await seed(), await seed(), await seed()]
     const leecher = await node()
-    const piece = leecher.piece.bind(leecher)
-    let inFlight = 0
-    let mostAtOnce = 0
-    leecher.piece = async (...request) => {
-      mostAtOnce = Math.max(mostAtOnce, ++inFlight)
-      try {
-        return await piece(...request)
-      } finally {
-        inFlight--
-      }
-    }
+    const requests = countRequests(leecher)
     const path = at('capped')
     const capped = await downloadFromPeers({
       node: leecher,
@@ -217,20 +213,20 @@ describe('swarm download over real libp2p nodes', () => {
       maxInFlightBytes: 3 * PIECE_SIZE,
     })
     expect(Buffer.from(await readFile(path)).equals(Buffer.from(blob))).toBe(true)
-    expect(mostAtOnce).toBeLessThanOrEqual(3)
+    expect(requests.mostAtOnce).toBeLessThanOrEqual(3)
     // Three places for four peers: they take turns, so none is left out.
     expect(Object.keys(capped.piecesByPeer).sort()).toEqual(
       seeds.map((peer) => peer.peerId.toString()).sort(),
     )
     // Without the cap (default 256 MiB, far above this file), each peer's window holds 2 or more.
-    mostAtOnce = 0
+    requests.mostAtOnce = 0
     await downloadFromPeers({
       node: leecher,
       peers: seeds.map((peer) => peer.addresses),
       pieceIndex,
       path: at('uncapped'),
     })
-    expect(mostAtOnce).toBeGreaterThan(3)
+    expect(requests.mostAtOnce).toBeGreaterThan(3)
   })
 
   it('keeps a share of that cap for a peer whose piece list has not come yet', async () => {
@@ -247,19 +243,8 @@ describe('swarm download over real libp2p nodes', () => {
       if (peerIdOf(peer) === late) await released
       yield* watchHave(peer, digest, options)
     }
-    const piece = leecher.piece.bind(leecher)
-    let inFlight = 0
+    const requests = countRequests(leecher)
     let mostAtOnceBeforeItCame = 0
-    let lateListCame = false
-    leecher.piece = async (...request) => {
-      inFlight++
-      if (!lateListCame) mostAtOnceBeforeItCame = Math.max(mostAtOnceBeforeItCame, inFlight)
-      try {
-        return await piece(...request)
-      } finally {
-        inFlight--
-      }
-    }
     const result = await downloadFromPeers({
       node: leecher,
       peers: seeds.map((peer) => peer.addresses),
@@ -268,7 +253,7 @@ describe('swarm download over real libp2p nodes', () => {
       maxInFlightBytes: 4 * PIECE_SIZE,
       onProgress: (event: SwarmProgressEvent) => {
         if (event.type === 'p2p:piece-verified' && event.detail.verified === 8) {
-          lateListCame = true
+          mostAtOnceBeforeItCame = requests.mostAtOnce
           release()
         }
       },
