@@ -30,7 +30,7 @@ import { join } from 'node:path'
 import { monitorEventLoopDelay } from 'node:perf_hooks'
 import { parseArgs } from 'node:util'
 import { tuneHeapForTransfers } from '@llmesh/downloader'
-import { createManifest } from '@llmesh/manifest'
+import { createManifest, type PieceIndexDocument } from '@llmesh/manifest'
 import { Bitfield, createPeerNode, type PeerNode, StoreBlobProvider } from '@llmesh/p2p-storage'
 import { startMirror } from '@llmesh/testkit'
 
@@ -77,11 +77,16 @@ const file = join(folder, 'blob.bin')
   }
   await new Promise<void>((resolve) => out.end(() => resolve()))
 }
-const { pieceIndexes } = await createManifest({
-  files: [{ file, path: 'blob.bin' }],
-  manifest: { id: 'bench/p2p', version: '1.0.0', license: { id: 'mit' } },
-})
-const pieceIndex = pieceIndexes[0]!.toJSON()
+/** The file's piece index, in pieces of `pieceSize` (by default, the size a manifest picks for it). */
+async function pieceIndexOfFile(pieceSize?: number): Promise<PieceIndexDocument> {
+  const { pieceIndexes } = await createManifest({
+    files: [{ file, path: 'blob.bin' }],
+    manifest: { id: 'bench/p2p', version: '1.0.0', license: { id: 'mit' } },
+    ...(pieceSize === undefined ? {} : { pieceSize }),
+  })
+  return pieceIndexes[0]!.toJSON()
+}
+const pieceIndex = await pieceIndexOfFile()
 const pieceSize = pieceIndex.pieceSize
 
 interface Ready {
@@ -413,13 +418,7 @@ try {
       [32, 'files of 64 to 128 GiB'],
     ] as const) {
       const largePieceSize = largePieceMiB * MiB
-      const large = (
-        await createManifest({
-          files: [{ file, path: 'blob.bin' }],
-          manifest: { id: 'bench/p2p', version: '1.0.0', license: { id: 'mit' } },
-          pieceSize: largePieceSize,
-        })
-      ).pieceIndexes[0]!.toJSON()
+      const large = await pieceIndexOfFile(largePieceSize)
       const pieceSetup = { encryption: 'tls', pieceSize: largePieceSize, pieceIndex: large }
       const largeSeed = await startPeer({ role: 'seed', file, ...pieceSetup })
       const largeSeconds = { cold: [] as number[], warm: [] as number[] }
@@ -464,13 +463,7 @@ try {
     // all peers (256 MiB by default) holds it to 8 pieces. Against the same without that cap.
     const seedCount = smoke ? 2 : 8
     const fanInPieceSize = (smoke ? 4 : 32) * MiB
-    const fanInIndex = (
-      await createManifest({
-        files: [{ file, path: 'blob.bin' }],
-        manifest: { id: 'bench/p2p', version: '1.0.0', license: { id: 'mit' } },
-        pieceSize: fanInPieceSize,
-      })
-    ).pieceIndexes[0]!.toJSON()
+    const fanInIndex = await pieceIndexOfFile(fanInPieceSize)
     const fanInSetup = { encryption: 'tls', pieceSize: fanInPieceSize, pieceIndex: fanInIndex }
     const seeds: Ready[] = []
     for (let index = 0; index < seedCount; index++)
