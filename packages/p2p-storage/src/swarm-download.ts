@@ -26,11 +26,13 @@ import {
   emitProgress,
   type ProgressEvent,
   type ProgressOptions,
+  parseArgument,
   sleep,
   throwIfAborted,
 } from '@llmesh/core'
 import { DownloadError, formatBytes, Journal, nodeFileSystem, PieceFile } from '@llmesh/downloader'
 import { PieceIndex, type PieceIndexDocument } from '@llmesh/manifest'
+import { z } from 'zod'
 import { Bitfield } from './bitfield.js'
 import { PeerError } from './errors.js'
 import { type PeerAddress, type PeerNode, peerIdOf } from './peer-node.js'
@@ -69,6 +71,7 @@ export interface SwarmDownloadOptions extends ProgressOptions<SwarmProgressEvent
    * pieces), so this bounds the download's memory whatever the number of peers: with pieces of
    * 32 MiB (a 100 GB model's) and 8 peers, the windows alone would allow 512 MiB. When it binds,
    * the peers share it evenly: none is asked for a second piece while another has none.
+   * `Infinity` lifts it.
    */
   maxInFlightBytes?: number
   /**
@@ -127,12 +130,37 @@ interface Request {
 
 const log = createLogger('p2p:swarm')
 
+/** A count or a size: above 0, or Infinity for no limit. */
+const positiveOrUnlimited = z.custom<number>(
+  (value) => typeof value === 'number' && value > 0,
+  'expected a number above 0 (Infinity for no limit)',
+)
+/** A delay for a timer: a whole number of ms a timer takes (longer ones fire at once in Node). */
+const timerMs = z
+  .number()
+  .int()
+  .positive()
+  .max(2 ** 31 - 1)
+
+/** The options given as numbers: a NaN or a negative cap would stall the download, not fail it. */
+const numericOptionsSchema = z.object({
+  maxInFlightPerPeer: z.number().int().positive().optional(),
+  maxInFlightBytesPerPeer: positiveOrUnlimited.optional(),
+  maxInFlightBytes: positiveOrUnlimited.optional(),
+  queueingTargetMs: z.number().nonnegative().optional(),
+  pieceTimeoutMs: timerMs.optional(),
+  stallTimeoutMs: positiveOrUnlimited.optional(),
+  haveRefreshMs: timerMs.optional(),
+  randomFirstPieces: z.number().int().nonnegative().optional(),
+})
+
 /** From this piece size on, a request counts out of its peer's window once its piece is handed to the writing thread, not once it is verified. */
 const OVERLAP_WRITES_FROM_PIECE_SIZE = 16 * 1024 * 1024
 
 export async function downloadFromPeers(
   options: SwarmDownloadOptions,
 ): Promise<SwarmDownloadResult> {
+  parseArgument(numericOptionsSchema, options, 'options')
   const { node, path } = options
   const pieceIndex =
     options.pieceIndex instanceof PieceIndex

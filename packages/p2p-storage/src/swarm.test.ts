@@ -2,6 +2,7 @@ import { spawn } from 'node:child_process'
 import { createHash } from 'node:crypto'
 import { copyFile, readFile, stat, statfs, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
+import { InvalidArgumentError } from '@llmesh/core'
 import { DownloadError } from '@llmesh/downloader'
 import { createManifest, PieceIndex } from '@llmesh/manifest'
 import { createTempDir, openDescriptorsOf, type TempDir } from '@llmesh/testkit'
@@ -261,6 +262,28 @@ describe('swarm download over real libp2p nodes', () => {
     // Three of the four places while it was awaited: the first three peers did not take its own.
     expect(mostAtOnceBeforeItCame).toBe(3)
     expect(result.piecesByPeer[late]).toBeGreaterThan(0)
+  })
+
+  it('refuses options given as numbers that are not numbers it can use, naming the option', async () => {
+    const leecher = await node()
+    const path = at('options')
+    for (const [name, value, message] of [
+      ['maxInFlightBytes', Number.NaN, /options\.maxInFlightBytes: expected a number above 0/],
+      ['maxInFlightPerPeer', 0, /options\.maxInFlightPerPeer: Too small/],
+      // Past 2^31 - 1 ms a Node timer fires at once: every request would time out.
+      ['pieceTimeoutMs', 2 ** 31, /options\.pieceTimeoutMs: Too big/],
+    ] as const) {
+      const error = await downloadFromPeers({
+        node: leecher,
+        peers: [],
+        pieceIndex,
+        path,
+        [name]: value,
+      }).catch((caught: unknown) => caught)
+      expect(InvalidArgumentError.isInstance(error) && error.argument).toBe(`options.${name}`)
+      expect((error as Error).message).toMatch(message)
+    }
+    await expect(stat(`${path}.journal`)).rejects.toMatchObject({ code: 'ENOENT' })
   })
 
   it('refuses to start when the disk has less free space than the blob needs, asking no peer', async () => {
