@@ -27,6 +27,7 @@ import {
   type Logger,
   type PartialBlob,
   type PartialBlobSink,
+  parseArgument,
   sleep,
 } from '@llmesh/core'
 import { type ModelStore, TokenBucket } from '@llmesh/downloader'
@@ -35,9 +36,11 @@ import { isMultiaddr, type Multiaddr, multiaddr } from '@multiformats/multiaddr'
 import { createLibp2p, type Libp2p } from 'libp2p'
 import { CID } from 'multiformats/cid'
 import * as Digest from 'multiformats/hashes/digest'
+import { z } from 'zod'
 import { Bitfield } from './bitfield.js'
 import { type ServedBlob, StoreBlobProvider } from './blob-provider.js'
 import { PeerError } from './errors.js'
+import { positiveOrUnlimited, timerMs } from './option-schemas.js'
 import {
   encodeJson,
   errorAnswer,
@@ -120,6 +123,22 @@ export interface PeerNodeOptions {
   logger?: Logger
 }
 
+/** The limits, checked before the node starts: a NaN or a negative one would not fail, only misbehave. */
+const peerNodeOptionsSchema = z.object({
+  limits: z
+    .object({
+      concurrentUploads: z.number().int().positive().optional(),
+      uploadTimeoutMs: timerMs.optional(),
+      uploadBytesPerSecond: positiveOrUnlimited.optional(),
+      uploadBytesPerSecondPerPeer: positiveOrUnlimited.optional(),
+      downloadBytesPerSecond: positiveOrUnlimited.optional(),
+      downloadBytesPerSecondPerPeer: positiveOrUnlimited.optional(),
+      maxPeers: z.number().int().positive().optional(),
+      connectionsPerHostPerSecond: positiveOrUnlimited.optional(),
+    })
+    .optional(),
+})
+
 /** A peer: its id (when libp2p knows its addresses), its multiaddrs, or one multiaddr as text. */
 export type PeerAddress = PeerId | Multiaddr | Multiaddr[] | string
 
@@ -159,6 +178,7 @@ export class PeerNode {
 
   /** @internal use `createPeerNode`. */
   static async start(options: PeerNodeOptions = {}): Promise<PeerNode> {
+    parseArgument(peerNodeOptionsSchema, options, 'options')
     const log = options.logger ?? createLogger('p2p')
     const privateKey = await loadIdentity(
       options.identityPath ??

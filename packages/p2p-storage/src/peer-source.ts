@@ -11,10 +11,13 @@ import {
   type ByteRangeRequest,
   type ByteSource,
   ByteSourceError,
+  parseArgument,
   sleep,
 } from '@llmesh/core'
+import { z } from 'zod'
 import type { Bitfield } from './bitfield.js'
 import { PeerError } from './errors.js'
+import { timerMs } from './option-schemas.js'
 import { type PeerAddress, type PeerNode, peerIdOf } from './peer-node.js'
 
 /** One peer's piece list of one blob, as the peer pushes it. */
@@ -38,6 +41,8 @@ interface Watch {
   controller: AbortController
 }
 
+const peerByteSourceOptionsSchema = z.object({ haveRefreshMs: timerMs.optional() })
+
 export interface PeerByteSourceOptions {
   /** How long to wait before watching a peer's piece list again after the watch ended early (the peer did not serve the blob yet, or went away); default 1 s. */
   haveRefreshMs?: number
@@ -60,6 +65,7 @@ export class PeerByteSource implements ByteSource {
     private readonly peers: PeerAddress[],
     private readonly options: PeerByteSourceOptions = {},
   ) {
+    parseArgument(peerByteSourceOptionsSchema, options, 'options')
     this.id = `peers:${peers.map(peerIdOf).join(',')}`
   }
 

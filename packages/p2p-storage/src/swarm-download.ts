@@ -35,6 +35,7 @@ import { PieceIndex, type PieceIndexDocument } from '@llmesh/manifest'
 import { z } from 'zod'
 import { Bitfield } from './bitfield.js'
 import { PeerError } from './errors.js'
+import { positiveOrUnlimited, timerMs } from './option-schemas.js'
 import { type PeerAddress, type PeerNode, peerIdOf } from './peer-node.js'
 import { PieceOrder } from './piece-order.js'
 
@@ -129,18 +130,6 @@ interface Request {
 }
 
 const log = createLogger('p2p:swarm')
-
-/** A count or a size: above 0, or Infinity for no limit. */
-const positiveOrUnlimited = z.custom<number>(
-  (value) => typeof value === 'number' && value > 0,
-  'expected a number above 0 (Infinity for no limit)',
-)
-/** A delay for a timer: a whole number of ms a timer takes (longer ones fire at once in Node). */
-const timerMs = z
-  .number()
-  .int()
-  .positive()
-  .max(2 ** 31 - 1)
 
 /** The options given as numbers: a NaN or a negative cap would stall the download, not fail it. */
 const numericOptionsSchema = z.object({

@@ -286,6 +286,26 @@ describe('swarm download over real libp2p nodes', () => {
     await expect(stat(`${path}.journal`)).rejects.toMatchObject({ code: 'ENOENT' })
   })
 
+  it('refuses a node limit or a byte source option that is not a number it can use, naming it', async () => {
+    const error = await createPeerNode({ limits: { uploadTimeoutMs: 2 ** 31 } }).catch(
+      (caught: unknown) => caught,
+    )
+    expect(InvalidArgumentError.isInstance(error) && error.argument).toBe(
+      'options.limits.uploadTimeoutMs',
+    )
+    const negative = await createPeerNode({ limits: { uploadBytesPerSecond: -1 } }).catch(
+      (caught: unknown) => caught,
+    )
+    expect(InvalidArgumentError.isInstance(negative) && negative.argument).toBe(
+      'options.limits.uploadBytesPerSecond',
+    )
+    const leecher = await node()
+    // A NaN here made the watch of a piece list that ended early start again every millisecond.
+    expect(() => new PeerByteSource(leecher, [], { haveRefreshMs: Number.NaN })).toThrow(
+      /options\.haveRefreshMs/,
+    )
+  })
+
   it('refuses to start when the disk has less free space than the blob needs, asking no peer', async () => {
     const { bavail, bsize } = await statfs(directory.path)
     // A blob 1 GiB larger than the free space, in pieces of 256 MiB (its hashes are never read).

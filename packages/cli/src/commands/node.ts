@@ -88,8 +88,13 @@ export const nodeConfigSchema = z.strictObject({
       connectionsPerHostPerSecond: z.number().int().positive().optional(),
       /** Piece requests served at once (32 by default); past it, peers are told "busy". */
       concurrentUploads: z.number().int().positive().optional(),
-      /** How long a piece may take to be taken before its stream ends (60 s by default). */
-      uploadTimeoutMs: z.number().int().positive().optional(),
+      /** How long a piece may take to be taken before its stream ends (60 s by default; a timer's most). */
+      uploadTimeoutMs: z
+        .number()
+        .int()
+        .positive()
+        .max(2 ** 31 - 1)
+        .optional(),
     })
     .prefault({}),
 })
