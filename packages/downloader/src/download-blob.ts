@@ -241,16 +241,16 @@ export async function downloadBlob(options: DownloadBlobOptions): Promise<Downlo
     0,
   )
 
-  const free = await fileSystem.freeBytes(dirname(options.partialPath))
-  const needed = size - resumedBytes
-  if (free < needed) {
+  const noSpace = insufficientSpace({
+    path: options.partialPath,
+    digest: expected,
+    neededBytes: size - resumedBytes,
+    freeBytes: await fileSystem.freeBytes(dirname(options.partialPath)),
+    advice: 'Free some space (llmesh prune) or point LLMESH_HOME elsewhere.',
+  })
+  if (noSpace !== undefined) {
     await journal.close()
-    throw new DownloadError({
-      code: 'LLMESH_INSUFFICIENT_SPACE',
-      digest: expected,
-      path: options.partialPath,
-      message: `Not enough free space in ${dirname(options.partialPath)}: ${formatBytes(needed)} still to download, ${formatBytes(free)} free. Free some space (llmesh prune) or point LLMESH_HOME elsewhere.`,
-    })
+    throw noSpace
   }
 
   const file = await fileSystem.openPartial(options.partialPath)
@@ -990,14 +990,10 @@ export async function downloadBlob(options: DownloadBlobOptions): Promise<Downlo
   }
 
   function diskError(error: unknown): unknown {
-    if (systemErrorCode(error) !== 'ENOSPC') return error
-    return new DownloadError({
-      code: 'LLMESH_DISK_FULL',
-      digest: expected,
+    return diskFullError(error, {
       path: options.partialPath,
-      cause: error,
-      isRetryable: true,
-      message: `The disk holding ${options.partialPath} is full. The ${done.size} verified pieces are kept; free some space and pull again to resume.`,
+      digest: expected,
+      verifiedPieces: done.size,
     })
   }
 
@@ -1064,6 +1060,47 @@ function errorCode(error: unknown): string {
 function hostOf(source: ByteSource): string | undefined {
   if ('host' in source && typeof source.host === 'string') return source.host
   return undefined
+}
+
+/**
+ * `LLMESH_INSUFFICIENT_SPACE` when `neededBytes` do not fit in `freeBytes` on the file system
+ * holding `path`; undefined when they do. Checked before a download asks any source.
+ */
+export function insufficientSpace(where: {
+  path: string
+  /** The blob's sha256, when known. */
+  digest: string | undefined
+  neededBytes: number
+  freeBytes: number
+  /** What the user can do, after the figures. */
+  advice?: string
+}): DownloadError | undefined {
+  if (where.freeBytes >= where.neededBytes) return undefined
+  return new DownloadError({
+    code: 'LLMESH_INSUFFICIENT_SPACE',
+    digest: where.digest,
+    path: where.path,
+    message: `Not enough free space in ${dirname(where.path)}: ${formatBytes(where.neededBytes)} still to download, ${formatBytes(where.freeBytes)} free.${where.advice === undefined ? '' : ` ${where.advice}`}`,
+  })
+}
+
+/**
+ * An `ENOSPC` as `LLMESH_DISK_FULL` (retryable: the verified pieces are kept for a resume); any
+ * other error as it is.
+ */
+export function diskFullError(
+  error: unknown,
+  where: { path: string; digest: string | undefined; verifiedPieces: number },
+): unknown {
+  if (systemErrorCode(error) !== 'ENOSPC') return error
+  return new DownloadError({
+    code: 'LLMESH_DISK_FULL',
+    digest: where.digest,
+    path: where.path,
+    cause: error,
+    isRetryable: true,
+    message: `The disk holding ${where.path} is full. The ${where.verifiedPieces} verified pieces are kept; free some space and run the download again to resume.`,
+  })
 }
 
 export function formatBytes(bytes: number): string {

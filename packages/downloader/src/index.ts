@@ -32,9 +32,11 @@ export {
 export {
   type DownloadBlobOptions,
   type DownloadedBlob,
+  diskFullError,
   downloadBlob,
   formatBytes,
   HostConnectionLimiter,
+  insufficientSpace,
   nodeFileSystem,
   type PartialFileHandle,
   type PartialFileSystem,

@@ -30,7 +30,13 @@ import {
   sleep,
   throwIfAborted,
 } from '@llmesh/core'
-import { DownloadError, formatBytes, Journal, nodeFileSystem, PieceFile } from '@llmesh/downloader'
+import {
+  diskFullError,
+  insufficientSpace,
+  Journal,
+  nodeFileSystem,
+  PieceFile,
+} from '@llmesh/downloader'
 import { PieceIndex, type PieceIndexDocument } from '@llmesh/manifest'
 import { z } from 'zod'
 import { Bitfield } from './bitfield.js'
@@ -190,15 +196,15 @@ export async function downloadFromPeers(
     const { start, end } = pieceIndex.range(index)
     resumedBytes += end - start
   }
-  const free = await nodeFileSystem.freeBytes(dirname(path))
-  if (free < pieceIndex.size - resumedBytes) {
+  const noSpace = insufficientSpace({
+    path,
+    digest,
+    neededBytes: pieceIndex.size - resumedBytes,
+    freeBytes: await nodeFileSystem.freeBytes(dirname(path)),
+  })
+  if (noSpace !== undefined) {
     await journal.close()
-    throw new DownloadError({
-      code: 'LLMESH_INSUFFICIENT_SPACE',
-      digest,
-      path,
-      message: `Not enough free space in ${dirname(path)}: ${formatBytes(pieceIndex.size - resumedBytes)} still to download, ${formatBytes(free)} free.`,
-    })
+    throw noSpace
   }
   const file = await PieceFile.open(path, {
     size: pieceIndex.size,
@@ -442,7 +448,8 @@ export async function downloadFromPeers(
           if (write) writing.delete(index)
           // The disk (full, say) or the writing thread failed, not the peer: the download stops
           // with that error, and the pieces journaled so far are kept for a resume.
-          if (!signal.aborted) settle.reject(diskError(error))
+          if (!signal.aborted)
+            settle.reject(diskFullError(error, { path, digest, verifiedPieces: have.count }))
           return
         }
         if (!valid) {
@@ -507,19 +514,6 @@ export async function downloadFromPeers(
         pump()
       })
   }
-
-  /** A full disk as the downloader says it (`LLMESH_DISK_FULL`); other errors as they are. */
-  const diskError = (error: unknown): unknown =>
-    (error as { code?: unknown } | undefined)?.code === 'ENOSPC'
-      ? new DownloadError({
-          code: 'LLMESH_DISK_FULL',
-          digest,
-          path,
-          cause: error,
-          isRetryable: true,
-          message: `The disk holding ${path} is full. The ${have.count} verified pieces are kept; free some space and download again to resume.`,
-        })
-      : error
 
   // Each peer's piece list is watched: the peer pushes the pieces it verifies, so that the rarest
   // first choice and the endgame see them at once. A watch that ends early (the peer does not
