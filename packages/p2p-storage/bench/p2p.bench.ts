@@ -161,8 +161,13 @@ interface SwarmRun {
 }
 
 /** One seed and `leechers` leechers, each in a process of its own, every upload capped. */
-async function swarmRun(leechers: number): Promise<SwarmRun> {
-  const seed = await startPeer({ role: 'seed', file, uploadBytesPerSecond: SWARM_UPLOAD_CAP })
+async function swarmRun(leechers: number, superSeeding: boolean): Promise<SwarmRun> {
+  const seed = await startPeer({
+    role: 'seed',
+    file,
+    uploadBytesPerSecond: SWARM_UPLOAD_CAP,
+    superSeeding,
+  })
   const peers: Ready[] = []
   for (let index = 0; index < leechers; index++)
     peers.push(
@@ -527,13 +532,19 @@ try {
   if (sections.has('swarm')) {
     const swarm: Record<string, unknown> = {}
     for (const leechers of smoke ? [2] : (values.leechers?.split(',').map(Number) ?? [4, 8])) {
+      // Alternated with runs whose seed does not super-seed (the anchor), on the same VM's mood.
       const runs: SwarmRun[] = []
+      const withoutSuperSeeding: SwarmRun[] = []
       for (let run = 0; run < (smoke ? 1 : Number(values.runs)); run++) {
         await readIntoPageCache(file)
-        runs.push(await swarmRun(leechers))
+        runs.push(await swarmRun(leechers, true))
+        await readIntoPageCache(file)
+        withoutSuperSeeding.push(await swarmRun(leechers, false))
       }
       const wall = median(runs.map((run) => run.allFinishedSeconds))
       const uploaded = median(runs.map((run) => run.seedUploadedMiB))
+      const anchorWall = median(withoutSuperSeeding.map((run) => run.allFinishedSeconds))
+      const anchorUploaded = median(withoutSuperSeeding.map((run) => run.seedUploadedMiB))
       const failed = runs.reduce((sum, run) => sum + run.errors.length, 0)
       const peakRss = Math.max(...runs.map((run) => run.largestLeecherPeakRssMiB))
       swarm[leechers] = {
@@ -542,10 +553,15 @@ try {
         largestLeecherPeakRssMiB: peakRss,
         singleSourceBaselineSeconds: (leechers * size) / SWARM_UPLOAD_CAP,
         runs,
+        withoutSuperSeeding: {
+          allFinishedSeconds: anchorWall,
+          seedUploadedMiB: anchorUploaded,
+          runs: withoutSuperSeeding,
+        },
       }
       console.log(`2. swarm of ${leechers}`, swarm[leechers])
       rows.push(
-        `| swarm: 1 seed + ${leechers} leechers, ${sizeMiB} MiB, uploads capped at 32 MiB/s | all done in ${wall.toFixed(1)} s (runs: ${runs.map((run) => run.allFinishedSeconds.toFixed(1)).join(', ')}); the seed uploaded ${uploaded.toFixed(0)} MiB; leecher peak RSS ≤ ${peakRss.toFixed(0)} MiB${failed > 0 ? `; ${failed} failed` : ''} | one source: ${((leechers * size) / SWARM_UPLOAD_CAP).toFixed(0)} s, ${leechers * sizeMiB} MiB | ${((leechers * size) / SWARM_UPLOAD_CAP / wall).toFixed(1)}× faster | ${leechers === 8 ? `≤ ${((48 * sizeMiB) / 1024).toFixed(0)} s, seed ≤ ${(1.5 * sizeMiB).toFixed(0)} MiB` : 'reported'} |`,
+        `| swarm: 1 seed + ${leechers} leechers, ${sizeMiB} MiB, uploads capped at 32 MiB/s | all done in ${wall.toFixed(1)} s (runs: ${runs.map((run) => run.allFinishedSeconds.toFixed(1)).join(', ')}); the seed uploaded ${uploaded.toFixed(0)} MiB; leecher peak RSS ≤ ${peakRss.toFixed(0)} MiB${failed > 0 ? `; ${failed} failed` : ''} | one source: ${((leechers * size) / SWARM_UPLOAD_CAP).toFixed(0)} s, ${leechers * sizeMiB} MiB; without super-seeding: ${anchorWall.toFixed(1)} s (runs: ${withoutSuperSeeding.map((run) => run.allFinishedSeconds.toFixed(1)).join(', ')}), the seed uploaded ${anchorUploaded.toFixed(0)} MiB | ${((leechers * size) / SWARM_UPLOAD_CAP / wall).toFixed(1)}× faster | ${leechers === 8 ? `≤ ${((48 * sizeMiB) / 1024).toFixed(0)} s, seed ≤ ${(1.5 * sizeMiB).toFixed(0)} MiB` : 'reported'} |`,
       )
     }
     results.swarm = swarm

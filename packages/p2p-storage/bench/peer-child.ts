@@ -48,11 +48,14 @@ const setup = JSON.parse(process.argv[2]!) as {
   lie?: 'flip'
   /** A leecher's cap on bytes in flight over all peers (the default when not given). */
   maxInFlightBytes?: number
+  /** A node's super-seeding (the default, on, when not given). */
+  superSeeding?: boolean
 }
 const store = setup.store === undefined ? undefined : await ModelStore.open({ root: setup.store })
 const provider = new StoreBlobProvider(store)
 const node = await createPeerNode({
   provider,
+  ...(setup.superSeeding === undefined ? {} : { superSeeding: setup.superSeeding }),
   ...(setup.encryption === undefined ? {} : { encryption: [setup.encryption] }),
   ...(setup.uploadBytesPerSecond === undefined
     ? {}

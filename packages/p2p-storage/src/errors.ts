@@ -11,6 +11,13 @@ export type PeerErrorCode =
   | 'LLMESH_PEER_PIECE_NOT_HELD'
   /** The peer serves too many requests now; ask later or elsewhere. */
   | 'LLMESH_PEER_BUSY'
+  /**
+   * A seed sent that piece to another peer moments ago, and some piece to no one yet: get it from
+   * that peer once it has it, and ask the seed for `suggestedPiece` (super-seeding).
+   */
+  | 'LLMESH_PEER_SENT_ELSEWHERE'
+  /** The peer refused with a code this version does not know (a newer peer's); the message names it. */
+  | 'LLMESH_PEER_REFUSED'
   /** The peer broke the protocol (a malformed or oversized message). */
   | 'LLMESH_PEER_PROTOCOL'
   /** No connection to the peer: the dial failed, or the peer refused it (at its `maxPeers`). */
@@ -24,12 +31,15 @@ export class PeerError extends LlmeshError {
   override readonly code: PeerErrorCode
   readonly peer: string | undefined
   readonly digest: string | undefined
+  /** With `LLMESH_PEER_SENT_ELSEWHERE`: the piece the seed offers instead. */
+  readonly suggestedPiece: number | undefined
 
   constructor(options: {
     code: PeerErrorCode
     message: string
     peer?: string
     digest?: string
+    suggestedPiece?: number
     cause?: unknown
   }) {
     super({
@@ -38,6 +48,8 @@ export class PeerError extends LlmeshError {
       cause: options.cause,
       isRetryable:
         options.code === 'LLMESH_PEER_BUSY' ||
+        options.code === 'LLMESH_PEER_SENT_ELSEWHERE' ||
+        options.code === 'LLMESH_PEER_REFUSED' ||
         options.code === 'LLMESH_PEER_PIECE_NOT_HELD' ||
         options.code === 'LLMESH_PEER_UNREACHABLE',
     })
@@ -45,6 +57,7 @@ export class PeerError extends LlmeshError {
     this.code = options.code
     this.peer = options.peer
     this.digest = options.digest
+    this.suggestedPiece = options.suggestedPiece
   }
 
   static override isInstance(error: unknown): error is PeerError {

@@ -58,6 +58,7 @@ import {
   pieceRequestSchema,
   writePiece,
 } from './protocol.js'
+import { SuperSeeding } from './super-seeding.js'
 
 /** After a dial the peer reset, the wait before the one redial: libp2p's rate window is a second. */
 const REDIAL_AFTER_RESET_MS = 1_000
@@ -96,6 +97,12 @@ export interface PeerNodeOptions {
    * piece.
    */
   dht?: boolean
+  /**
+   * Super-seeding (see `SuperSeeding`): of a blob this node held whole when first asked for it,
+   * send every piece once before any piece to a second peer, redirecting the askers that take a
+   * redirect (swarm downloads) to pieces sent to no one yet. Default true.
+   */
+  superSeeding?: boolean
   limits?: {
     /** Piece requests served at once; past it, `busy`. Default 32. */
     concurrentUploads?: number
@@ -125,6 +132,7 @@ export interface PeerNodeOptions {
 
 /** The limits, checked before the node starts: a NaN or a negative one would not fail, only misbehave. */
 const peerNodeOptionsSchema = z.object({
+  superSeeding: z.boolean().optional(),
   limits: z
     .object({
       concurrentUploads: z.number().int().positive().optional(),
@@ -156,6 +164,8 @@ export class PeerNode {
   private readonly downloads: Bandwidth
   /** Piece streams that delivered their piece, kept for the next request (by peer id). */
   private readonly pieceStreams = new Map<string, Channel[]>()
+  /** Per served blob: its super-seeding, or null for a blob that was partial when first asked for. */
+  private readonly superSeeding = new WeakMap<ServedBlob, SuperSeeding | null>()
 
   private constructor(
     readonly libp2p: Libp2p,
@@ -400,19 +410,43 @@ export class PeerNode {
     peer: PeerAddress,
     digest: string,
     index: number,
-    options: { signal?: AbortSignal } = {},
+    options: {
+      signal?: AbortSignal
+      /**
+       * Take a seed's redirect (super-seeding): it may answer `LLMESH_PEER_SENT_ELSEWHERE` with
+       * the error's `suggestedPiece`, a piece it sent to no one yet. Default false.
+       */
+      redirect?: boolean
+    } = {},
   ): Promise<Uint8Array[]> {
     const peerId = peerIdOf(peer)
     let kept = this.takePieceStream(peerId)
     while (true) {
       const channel = kept ?? (await this.openStream(peer, PIECE_PROTOCOL, digest, options))
       let answered = false
+      let redirected = false
       try {
-        await channel.messages.write(encodeJson({ digest, index }), options)
+        await channel.messages.write(
+          encodeJson(options.redirect ? { digest, index, redirect: true } : { digest, index }),
+          options,
+        )
         const answer = parseAnswer(pieceAnswerSchema, await channel.messages.read(options), peerId)
         answered = true
-        if (answer.status === 'error')
-          throw new PeerError({ code: answer.code, message: answer.message, peer: peerId, digest })
+        if (answer.status === 'error') {
+          const refusal = new PeerError({
+            code: answer.code,
+            message: answer.message,
+            peer: peerId,
+            digest,
+            ...(answer.suggest === undefined ? {} : { suggestedPiece: answer.suggest }),
+          })
+          // A redirect leaves the stream open for the next request.
+          if (answer.code === 'LLMESH_PEER_SENT_ELSEWHERE') {
+            redirected = true
+            this.keepPieceStream(peerId, channel)
+          }
+          throw refusal
+        }
         // Past the download rate, the piece waits here unread, and so does the next request on
         // this stream: a peer sends only pieces asked for, so the rate holds over time.
         await this.downloads.take(peerId, answer.length, options)
@@ -427,7 +461,8 @@ export class PeerNode {
         this.keepPieceStream(peerId, channel)
         return [...bytes]
       } catch (error) {
-        channel.stream.abort(error instanceof Error ? error : new Error(String(error)))
+        if (!redirected)
+          channel.stream.abort(error instanceof Error ? error : new Error(String(error)))
         // A kept stream may have ended meanwhile (the peer restarted, or closed it when idle):
         // the request goes again on a new one.
         if (kept !== undefined && !answered && !options.signal?.aborted) {
@@ -574,7 +609,7 @@ export class PeerNode {
         const request = pieceRequestSchema.safeParse(parseJson(message.subarray()))
         if (!request.success)
           return await refuse('LLMESH_PEER_PROTOCOL', 'a piece request is { digest, index }')
-        const { digest, index } = request.data
+        const { digest, index, redirect } = request.data
         const blob = await this.provider.lookup(digest)
         if (blob === undefined)
           return await refuse('LLMESH_PEER_UNKNOWN_DIGEST', `this peer has no blob ${digest}`)
@@ -588,6 +623,20 @@ export class PeerNode {
             'LLMESH_PEER_PIECE_NOT_HELD',
             `piece ${index} is not verified here yet`,
           )
+        const suggestion = redirect ? this.superSeedingOf(blob)?.redirect(index, peer) : undefined
+        if (suggestion !== undefined) {
+          // Not a failure: the stream stays open for the asker's next request.
+          await messages.write(
+            encodeJson({
+              ...errorAnswer(
+                'LLMESH_PEER_SENT_ELSEWHERE',
+                `piece ${index} was sent to another peer moments ago; piece ${suggestion} to none yet`,
+              ),
+              suggest: suggestion,
+            }),
+          )
+          continue
+        }
         const limit = this.options.limits?.concurrentUploads ?? 32
         if (this.uploadsRunning >= limit)
           return await refuse('LLMESH_PEER_BUSY', `${limit} uploads run already`)
@@ -626,6 +675,17 @@ export class PeerNode {
       this.log('piece request from %s failed: %s', peer, String(error))
       stream.abort(error instanceof Error ? error : new Error(String(error)))
     }
+  }
+
+  /** The super-seeding of a blob this node held whole when first asked for it; none if turned off. */
+  private superSeedingOf(blob: ServedBlob): SuperSeeding | undefined {
+    if (this.options.superSeeding === false) return undefined
+    let seeding = this.superSeeding.get(blob)
+    if (seeding === undefined) {
+      seeding = blob.have.complete ? new SuperSeeding(blob.have.size) : null
+      this.superSeeding.set(blob, seeding)
+    }
+    return seeding ?? undefined
   }
 }
 

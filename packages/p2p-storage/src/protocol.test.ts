@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest'
 import { PeerError } from './errors.js'
-import { lengthPrefixDecoder, MAX_MESSAGE_BYTES } from './protocol.js'
+import { lengthPrefixDecoder, MAX_MESSAGE_BYTES, pieceAnswerSchema } from './protocol.js'
 
 /** An unsigned varint: seven bits a byte, low first, the high bit set on all but the last. */
 function varint(value: number): number[] {
@@ -54,5 +54,27 @@ describe('lengthPrefixDecoder', () => {
     expect(refused).toMatchObject({ code: 'LLMESH_PEER_PROTOCOL' })
     // Requests are small: two bytes of prefix at most.
     expect(() => lengthPrefixDecoder(4096)(list([0x80, 0x80, 0x01]))).toThrow(/more than 2 bytes/)
+  })
+})
+
+describe('pieceAnswerSchema', () => {
+  it('reads a refusal whose code this version does not know as a refusal naming that code, not as a broken protocol', () => {
+    expect(
+      pieceAnswerSchema.parse({
+        status: 'error',
+        code: 'LLMESH_PEER_SOMETHING_NEW',
+        message: 'a later version says no',
+      }),
+    ).toEqual({
+      status: 'error',
+      code: 'LLMESH_PEER_REFUSED',
+      message: 'LLMESH_PEER_SOMETHING_NEW: a later version says no',
+    })
+    expect(
+      pieceAnswerSchema.parse({ status: 'error', code: 'LLMESH_PEER_BUSY', message: 'busy' }),
+    ).toEqual({ status: 'error', code: 'LLMESH_PEER_BUSY', message: 'busy' })
+    expect(pieceAnswerSchema.safeParse({ status: 'error', code: 7, message: 'no' }).success).toBe(
+      false,
+    )
   })
 })

@@ -5,11 +5,14 @@
  *   (the verified pieces the peer holds, base64) or an error. With `watch: true` the stream stays
  *   open and the peer pushes `{ pieces: [index, ...] }` as it verifies more (those of 50 ms in
  *   one message), until it holds them all (then it closes the stream) or the asker closes it;
- * - `/llmesh/blob/piece/1.0.0`: `{ digest, index }` → `{ status: "ok", length }` followed by the
- *   piece's bytes as one length-prefixed message, or an error (after which the peer closes the
- *   stream). Once it has read a piece, the asker may send its next request on the same stream;
- *   either side ends it by closing. (Earlier peers served one piece per stream: the asker sends its
- *   next request on a new stream when it finds the last one ended.)
+ * - `/llmesh/blob/piece/1.0.0`: `{ digest, index, redirect? }` → `{ status: "ok", length }`
+ *   followed by the piece's bytes as one length-prefixed message, or an error (after which the
+ *   peer closes the stream). Once it has read a piece, the asker may send its next request on the
+ *   same stream; either side ends it by closing. (Earlier peers served one piece per stream: the
+ *   asker sends its next request on a new stream when it finds the last one ended.) An asker that
+ *   sends `redirect: true` takes a redirect from a seed (see SuperSeeding): the error
+ *   `LLMESH_PEER_SENT_ELSEWHERE` with `suggest`, a piece the seed sent to no one yet; the stream
+ *   stays open for the next request.
  *
  * Messages are length-prefixed (varint) JSON; a piece is at most the largest piece size the
  * manifest allows and a request at most 4 KiB, so memory per stream is bounded (a length prefix
@@ -58,19 +61,40 @@ export const haveUpdateSchema = z.strictObject({
 export const pieceRequestSchema = z.strictObject({
   digest: digestSchema,
   index: z.number().int().nonnegative(),
+  /** The asker takes a redirect to another piece (a swarm download does). */
+  redirect: z.boolean().optional(),
 })
 
-const errorAnswerSchema = z.object({
-  status: z.literal('error'),
-  code: z.enum([
-    'LLMESH_PEER_UNKNOWN_DIGEST',
-    'LLMESH_PEER_OUT_OF_RANGE',
-    'LLMESH_PEER_PIECE_NOT_HELD',
-    'LLMESH_PEER_BUSY',
-    'LLMESH_PEER_PROTOCOL',
-  ]),
-  message: z.string(),
-})
+/** The refusals this version knows; `LLMESH_PEER_REFUSED` stands for any other. */
+const ERROR_CODES = [
+  'LLMESH_PEER_UNKNOWN_DIGEST',
+  'LLMESH_PEER_OUT_OF_RANGE',
+  'LLMESH_PEER_PIECE_NOT_HELD',
+  'LLMESH_PEER_BUSY',
+  'LLMESH_PEER_SENT_ELSEWHERE',
+  'LLMESH_PEER_PROTOCOL',
+] as const satisfies readonly PeerErrorCode[]
+
+const errorAnswerSchema = z
+  .object({
+    status: z.literal('error'),
+    code: z.string(),
+    message: z.string(),
+    /** With `LLMESH_PEER_SENT_ELSEWHERE`: the piece to ask for instead. */
+    suggest: z.number().int().nonnegative().optional(),
+  })
+  // A code this version does not know (a newer peer's refusal) is a refusal, not a broken
+  // protocol: a peer is not banned for speaking a later version.
+  .transform((answer) => {
+    const known = ERROR_CODES.find((code) => code === answer.code)
+    return known === undefined
+      ? {
+          ...answer,
+          code: 'LLMESH_PEER_REFUSED' as const,
+          message: `${answer.code}: ${answer.message}`,
+        }
+      : { ...answer, code: known }
+  })
 
 export const haveAnswerSchema = z.union([
   z.object({
@@ -170,9 +194,6 @@ export function encodeJson(value: unknown): Uint8Array {
   return new TextEncoder().encode(JSON.stringify(value))
 }
 
-export function errorAnswer(
-  code: Exclude<PeerErrorCode, 'LLMESH_SWARM_EXHAUSTED'>,
-  message: string,
-) {
+export function errorAnswer(code: (typeof ERROR_CODES)[number], message: string) {
   return { status: 'error' as const, code, message }
 }

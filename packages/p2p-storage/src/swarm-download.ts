@@ -127,6 +127,10 @@ interface PeerState {
   piecesServed: number
   /** The shortest time from request to piece of this peer so far: its delay with nothing queued. */
   fastestPieceMs: number
+  /** Pieces it redirected (a seed that sent them elsewhere), not asked of it again until then. */
+  redirectedUntil: Map<number, number>
+  /** Pieces it suggested instead, asked of it first. */
+  suggested: number[]
 }
 
 interface Request {
@@ -148,6 +152,9 @@ const numericOptionsSchema = z.object({
   haveRefreshMs: timerMs.optional(),
   randomFirstPieces: z.number().int().nonnegative().optional(),
 })
+
+/** How long a piece a seed redirected is not asked of it again: the peer it went to has it by then. */
+const REDIRECT_HOLD_MS = 2_000
 
 /** From this piece size on, a request counts out of its peer's window once its piece is handed to the writing thread, not once it is verified. */
 const OVERLAP_WRITES_FROM_PIECE_SIZE = 16 * 1024 * 1024
@@ -243,6 +250,8 @@ export async function downloadFromPeers(
     failuresInARow: 0,
     piecesServed: 0,
     fastestPieceMs: Number.POSITIVE_INFINITY,
+    redirectedUntil: new Map(),
+    suggested: [],
   }))
   const requests = new Map<number, Request[]>()
   /** Requests running over all peers (`requests` maps a piece to its requests, endgame duplicates included). */
@@ -291,16 +300,28 @@ export async function downloadFromPeers(
     Math.max(50, pieces / 100),
   )
   /**
-   * The next piece to ask `peer` for: at random for the first few pieces, then rarest first (see
-   * PieceOrder), one that no request asks for yet and that is not being written; in the endgame,
-   * the first that only one asks for, when no such piece is left.
+   * The next piece to ask `peer` for: one it suggested, if still needed; else at random for the
+   * first few pieces, then rarest first (see PieceOrder), one that no request asks for yet, that
+   * is not being written and that the peer did not redirect lately; in the endgame, the first that
+   * only one asks for, when no such piece is left.
    */
   const choosePiece = (peer: PeerState, endgame: boolean): number | undefined => {
     const held = peer.have
     if (held === undefined) return undefined
+    while (peer.suggested.length > 0) {
+      const index = peer.suggested.pop()!
+      if (held.has(index) && !have.has(index) && !writing.has(index) && !requests.has(index))
+        return index
+    }
+    const now = performance.now()
     let duplicate: number | undefined
     const first = order.find((index) => {
       if (!held.has(index) || peer.inFlight.has(index) || writing.has(index)) return false
+      const redirectedUntil = peer.redirectedUntil.get(index)
+      if (redirectedUntil !== undefined) {
+        if (now < redirectedUntil) return false
+        peer.redirectedUntil.delete(index)
+      }
       const running = requests.get(index)?.length ?? 0
       if (running === 0) return true
       if (endgame && running < 2) duplicate ??= index
@@ -418,7 +439,7 @@ export async function downloadFromPeers(
       else requests.set(index, remaining)
     }
     node
-      .piece(peer.address, digest, index, { signal: controller.signal })
+      .piece(peer.address, digest, index, { signal: controller.signal, redirect: true })
       .then(async (chunks) => {
         clearTimeout(timer)
         adjustWindow(peer, performance.now() - requestedAt)
@@ -478,6 +499,14 @@ export async function downloadFromPeers(
       })
       .catch((error: unknown) => {
         if (signal.aborted || (controller.signal.aborted && !timedOut)) return
+        // A seed sent this piece elsewhere (super-seeding): not a failure. Its suggestion is
+        // asked for next, and this piece of the peer that has it.
+        if (PeerError.isInstance(error) && error.code === 'LLMESH_PEER_SENT_ELSEWHERE') {
+          peer.redirectedUntil.set(index, performance.now() + REDIRECT_HOLD_MS)
+          if (error.suggestedPiece !== undefined && error.suggestedPiece < pieces)
+            peer.suggested.push(error.suggestedPiece)
+          return
+        }
         if (
           PeerError.isInstance(error) &&
           error.code === 'LLMESH_PEER_PIECE_NOT_HELD' &&

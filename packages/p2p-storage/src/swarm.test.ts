@@ -8,7 +8,7 @@ import { createManifest, PieceIndex } from '@llmesh/manifest'
 import { createTempDir, openDescriptorsOf, type TempDir } from '@llmesh/testkit'
 import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest'
 import { Bitfield } from './bitfield.js'
-import { StoreBlobProvider } from './blob-provider.js'
+import { type ServedBlob, StoreBlobProvider } from './blob-provider.js'
 import { PeerError } from './errors.js'
 import {
   createPeerNode,
@@ -97,6 +97,25 @@ function countRequests(leecher: PeerNode): { mostAtOnce: number } {
     }
   }
   return counted
+}
+
+/** A store provider that records which piece each read of a served blob was for, in order. */
+class RecordingProvider extends StoreBlobProvider {
+  readonly piecesRead: number[] = []
+  private readonly recorded = new WeakSet<ServedBlob>()
+
+  override async lookup(digest: string): Promise<ServedBlob | undefined> {
+    const served = await super.lookup(digest)
+    if (served !== undefined && !this.recorded.has(served)) {
+      this.recorded.add(served)
+      const read = served.read
+      served.read = (start, end) => {
+        this.piecesRead.push(Math.floor(start / served.pieceSize))
+        return read(start, end)
+      }
+    }
+    return served
+  }
 }
 
 function at(name: string): string {
@@ -362,6 +381,79 @@ describe('swarm download over real libp2p nodes', () => {
     // queue of 4 pieces): a window that only grows keeps 16 requests waiting there.
     expect(mostAtOnceLater).toBeGreaterThan(0)
     expect(mostAtOnceLater).toBeLessThanOrEqual(6)
+  })
+
+  it('redirects a second asker of a piece to one it sent to no one yet (super-seeding), and serves askers that take no redirect', async () => {
+    const server = await seed()
+    const first = await node()
+    const second = await node()
+    let pieceStreamsOpened = 0
+    const dialProtocol = second.libp2p.dialProtocol.bind(second.libp2p)
+    second.libp2p.dialProtocol = (peer, protocols, options) => {
+      if (protocols === PIECE_PROTOCOL) pieceStreamsOpened++
+      return dialProtocol(peer, protocols, options)
+    }
+    const digest = pieceIndex.sha256
+    expect(
+      pieceIndex.verifyPiece(3, await first.piece(server.addresses, digest, 3, { redirect: true })),
+    ).toBe(true)
+    const redirect = await second
+      .piece(server.addresses, digest, 3, { redirect: true })
+      .catch((error: unknown) => error)
+    expect(redirect).toBeInstanceOf(PeerError)
+    expect(redirect).toMatchObject({ code: 'LLMESH_PEER_SENT_ELSEWHERE', isRetryable: true })
+    const suggested = (redirect as PeerError).suggestedPiece!
+    expect(suggested).toBe(0)
+    expect(
+      pieceIndex.verifyPiece(
+        suggested,
+        await second.piece(server.addresses, digest, suggested, { redirect: true }),
+      ),
+    ).toBe(true)
+    // A first asker that asks again lost its piece, and a pull (byte ranges) takes no redirect.
+    expect(
+      pieceIndex.verifyPiece(3, await first.piece(server.addresses, digest, 3, { redirect: true })),
+    ).toBe(true)
+    expect(pieceIndex.verifyPiece(3, await second.piece(server.addresses, digest, 3))).toBe(true)
+    // The redirect left its stream open: the second asker's three requests went on one stream.
+    expect(pieceStreamsOpened).toBe(1)
+    // A seed with super-seeding off serves every asker.
+    const plain = await seed({ superSeeding: false })
+    await first.piece(plain.addresses, digest, 3, { redirect: true })
+    expect(
+      pieceIndex.verifyPiece(3, await second.piece(plain.addresses, digest, 3, { redirect: true })),
+    ).toBe(true)
+  })
+
+  it('has its seed send every piece once before any piece twice, while the leechers trade the rest', async () => {
+    const provider = new RecordingProvider()
+    const slowSeed = await seed({ provider, limits: { uploadBytesPerSecond: 2 * 1024 * 1024 } })
+    const leechers = [await node(), await node(), await node()]
+    const results = await Promise.all(
+      leechers.map((leecher, position) => {
+        const path = at(`leecher-${position}`)
+        return downloadFromPeers({
+          node: leecher,
+          peers: [
+            slowSeed.addresses,
+            ...leechers.filter((other) => other !== leecher).map((other) => other.addresses),
+          ],
+          pieceIndex,
+          path,
+        }).then(async (result) => {
+          expect(Buffer.from(await readFile(path)).equals(Buffer.from(blob))).toBe(true)
+          return result
+        })
+      }),
+    )
+    const firstRound = provider.piecesRead.slice(0, pieces)
+    expect(new Set(firstRound).size).toBe(firstRound.length)
+    // The leechers got most pieces from each other.
+    const fromSeed = results.reduce(
+      (sum, result) => sum + (result.piecesByPeer[slowSeed.peerId.toString()] ?? 0),
+      0,
+    )
+    expect(fromSeed).toBeLessThan(2 * pieces)
   })
 
   it('snubs a peer whose piece does not come within the piece timeout, and completes from the others', async () => {
