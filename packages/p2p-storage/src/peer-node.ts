@@ -623,24 +623,27 @@ export class PeerNode {
             'LLMESH_PEER_PIECE_NOT_HELD',
             `piece ${index} is not verified here yet`,
           )
-        const suggestion = redirect ? this.superSeedingOf(blob)?.redirect(index, peer) : undefined
-        if (suggestion !== undefined) {
+        const limit = this.options.limits?.concurrentUploads ?? 32
+        if (this.uploadsRunning >= limit)
+          return await refuse('LLMESH_PEER_BUSY', `${limit} uploads run already`)
+        const seeding = redirect ? this.superSeedingOf(blob) : undefined
+        const redirection = seeding?.redirect(index, peer)
+        if (redirection !== undefined) {
           // Not a failure: the stream stays open for the asker's next request.
+          const { suggestion } = redirection
           await messages.write(
             encodeJson({
               ...errorAnswer(
                 'LLMESH_PEER_SENT_ELSEWHERE',
-                `piece ${index} was sent to another peer moments ago; piece ${suggestion} to none yet`,
+                `piece ${index} went to another peer moments ago; ${suggestion === undefined ? 'the pieces sent to no one yet are on their way' : `piece ${suggestion} went to no one yet`}`,
               ),
-              suggest: suggestion,
+              ...(suggestion === undefined ? {} : { suggest: suggestion }),
             }),
           )
           continue
         }
-        const limit = this.options.limits?.concurrentUploads ?? 32
-        if (this.uploadsRunning >= limit)
-          return await refuse('LLMESH_PEER_BUSY', `${limit} uploads run already`)
         this.uploadsRunning++
+        let sent = false
         try {
           const start = index * blob.pieceSize
           const end = Math.min(blob.size, start + blob.pieceSize)
@@ -667,8 +670,11 @@ export class PeerNode {
             timeout.pause()
           }
           this.uploaded.set(peer, (this.uploaded.get(peer) ?? 0) + end - start)
+          sent = true
         } finally {
           this.uploadsRunning--
+          if (sent) seeding?.sent(index, peer)
+          else seeding?.abandoned(index, peer)
         }
       }
     } catch (error) {

@@ -6,69 +6,122 @@
  *
  * Leechers choose pieces without knowing what the others asked the seed for: two of them ask for
  * the same piece before either has it and says so, and more often as fewer pieces remain that
- * only the seed holds. A swarm of 8 at 32 MiB/s each made its seed send 1,300 MiB of a 1,024 MiB
- * blob. With super-seeding, a request for a piece that went to another peer moments ago is
- * redirected: the seed names a piece it gave to no one yet, which the asker takes instead, and
- * the asker gets the first piece from the peer that has it.
+ * only the seed holds. In the benchmark's swarm of 8 (every upload at 32 MiB/s) the seed sent
+ * 1,111 MiB of a 1,024 MiB blob without super-seeding and 1,040 MiB with it. A request for a
+ * piece that went to another peer moments ago is redirected: the seed names a piece it gave to no
+ * one yet, which the asker takes instead, and the asker gets the first piece from the peer that
+ * has it.
  *
- * Only askers that take a redirect get one (a swarm download does; a pull through the downloader,
- * which asks for byte ranges, does not). A peer asking again for a piece it was given is served:
- * it lost that piece.
+ * A piece counts as sent once a peer took it whole: one whose sending failed or was cancelled may
+ * go to another. While the pieces not sent yet are all on their way or suggested to others, a
+ * request for a piece another peer has is redirected with no suggestion (ask again later, or the
+ * peer that has it). Only askers that take a redirect get one (a swarm download does; a pull
+ * through the downloader, which asks for byte ranges, does not).
  */
 
-/** How long a piece given to one peer is kept from the others, while pieces given to none remain. */
-export const GIVEN_PIECE_KEPT_MS = 30_000
+/** How long a piece sent to one peer is kept from the others, while some piece was sent to none. */
+export const SENT_PIECE_KEPT_MS = 30_000
+
+/** How long a suggested piece is kept for the peer it was suggested to, which asks for it at once. */
+export const SUGGESTION_KEPT_MS = 3_000
+
+export interface Redirect {
+  /** A piece sent to no one yet, kept for the asker a while; none when every such piece is on its way. */
+  suggestion: number | undefined
+}
 
 export class SuperSeeding {
-  /** Per piece, the peer it was given to in this round: sent to, or suggested to. */
-  private readonly givenTo: Array<string | undefined>
-  private readonly givenAt: Float64Array
-  private notGiven: number
-  /** Every piece before it was given in this round: the next suggestion is at or after it. */
+  /** Per piece, the peer that took the last whole copy in this round, and when. */
+  private readonly sentTo: Array<string | undefined>
+  private readonly sentAt: Float64Array
+  /** Per piece, the peer it is being sent to now. */
+  private readonly sendingTo: Array<string | undefined>
+  /** Per piece, the peer it was suggested to, until `reservedUntil`. */
+  private readonly reservedFor: Array<string | undefined>
+  private readonly reservedUntil: Float64Array
+  /** Pieces no peer took a whole copy of in this round. */
+  private unsent: number
+  /** Every piece before it was sent in this round: suggestions are looked for from here. */
   private cursor = 0
   private lastAskedAt = Number.NEGATIVE_INFINITY
 
   constructor(
     readonly pieces: number,
-    private readonly keptMs = GIVEN_PIECE_KEPT_MS,
+    private readonly keptMs = SENT_PIECE_KEPT_MS,
+    private readonly suggestionKeptMs = SUGGESTION_KEPT_MS,
   ) {
-    this.givenTo = new Array(pieces).fill(undefined)
-    this.givenAt = new Float64Array(pieces)
-    this.notGiven = pieces
+    this.sentTo = new Array(pieces).fill(undefined)
+    this.sentAt = new Float64Array(pieces)
+    this.sendingTo = new Array(pieces).fill(undefined)
+    this.reservedFor = new Array(pieces).fill(undefined)
+    this.reservedUntil = new Float64Array(pieces)
+    this.unsent = pieces
   }
 
   /**
-   * `peer` asks for piece `index`. Returns undefined when the piece should be sent (it then counts
-   * as given to `peer`, if it was given to none), or the piece to suggest instead: the asked one
-   * went to another peer less than `keptMs` ago, and the suggested one went to none (it now counts
-   * as given to `peer`). Once every piece was given, every request is served; a new round starts
-   * when no one asked for `keptMs` (the next wave of leechers).
+   * `peer` asks for piece `index`. Returns undefined when the piece is to be sent: call `sent()`
+   * once the peer took it whole, or `abandoned()` if not. Returns a redirect when another peer
+   * took, is taking or was suggested the piece (less than `keptMs` ago) while some piece has not
+   * been sent to anyone, with such a piece to ask for instead when one is not on its way already.
+   * A peer asking again for a piece it took lost it, and gets it. A new round starts when no one
+   * asked for `keptMs` (the next wave of leechers).
    */
-  redirect(index: number, peer: string, now = performance.now()): number | undefined {
-    if (this.notGiven === 0 && now - this.lastAskedAt > this.keptMs) this.startRound()
+  redirect(index: number, peer: string, now = performance.now()): Redirect | undefined {
+    if (now - this.lastAskedAt > this.keptMs) this.startRound()
     this.lastAskedAt = now
-    const owner = this.givenTo[index]
-    if (owner === undefined) {
-      this.give(index, peer, now)
-      return undefined
+    if (this.unsent > 0 && this.takenByAnother(index, peer, now)) {
+      const suggestion = this.unsentPiece(now)
+      if (suggestion !== undefined) {
+        this.reservedFor[suggestion] = peer
+        this.reservedUntil[suggestion] = now + this.suggestionKeptMs
+      }
+      return { suggestion }
     }
-    if (owner === peer || this.notGiven === 0 || now - this.givenAt[index]! > this.keptMs)
-      return undefined
-    while (this.givenTo[this.cursor] !== undefined) this.cursor++
-    const suggestion = this.cursor
-    this.give(suggestion, peer, now)
-    return suggestion
+    this.sendingTo[index] = peer
+    return undefined
   }
 
-  private give(index: number, peer: string, now: number): void {
-    this.givenTo[index] = peer
-    this.givenAt[index] = now
-    this.notGiven--
+  /** `peer` took piece `index` whole. */
+  sent(index: number, peer: string, now = performance.now()): void {
+    if (this.sentTo[index] === undefined) this.unsent--
+    this.sentTo[index] = peer
+    this.sentAt[index] = now
+    if (this.sendingTo[index] === peer) this.sendingTo[index] = undefined
+    if (this.reservedFor[index] === peer) this.reservedFor[index] = undefined
+  }
+
+  /** Sending piece `index` to `peer` failed or was cancelled: it may go to another. */
+  abandoned(index: number, peer: string): void {
+    if (this.sendingTo[index] === peer) this.sendingTo[index] = undefined
+  }
+
+  private takenByAnother(index: number, peer: string, now: number): boolean {
+    const sending = this.sendingTo[index]
+    if (sending !== undefined && sending !== peer) return true
+    const reserved = this.reservedFor[index]
+    if (reserved !== undefined && reserved !== peer && now < this.reservedUntil[index]!) return true
+    const sent = this.sentTo[index]
+    return sent !== undefined && sent !== peer && now - this.sentAt[index]! <= this.keptMs
+  }
+
+  /** A piece sent to no one, being sent to no one, and suggested to no one lately. */
+  private unsentPiece(now: number): number | undefined {
+    while (this.cursor < this.pieces && this.sentTo[this.cursor] !== undefined) this.cursor++
+    for (let index = this.cursor; index < this.pieces; index++)
+      if (
+        this.sentTo[index] === undefined &&
+        this.sendingTo[index] === undefined &&
+        (this.reservedFor[index] === undefined || now >= this.reservedUntil[index]!)
+      )
+        return index
+    return undefined
   }
 
   private startRound(): void {
-    this.givenTo.fill(undefined)
-    this.notGiven = this.pieces
+    this.sentTo.fill(undefined)
+    this.sendingTo.fill(undefined)
+    this.reservedFor.fill(undefined)
+    this.unsent = this.pieces
     this.cursor = 0
   }
 }
