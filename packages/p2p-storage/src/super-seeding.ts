@@ -7,7 +7,7 @@
  * Leechers choose pieces without knowing what the others asked the seed for: two of them ask for
  * the same piece before either has it and says so, and more often as fewer pieces remain that
  * only the seed holds. In the benchmark's swarm of 8 (every upload at 32 MiB/s) the seed sent
- * 1,111 MiB of a 1,024 MiB blob without super-seeding and 1,040 MiB with it. A request for a
+ * 1,113 MiB of a 1,024 MiB blob without super-seeding and 1,031 MiB with it. A request for a
  * piece that went to another peer moments ago is redirected: the seed names a piece it gave to no
  * one yet, which the asker takes instead, and the asker gets the first piece from the peer that
  * has it.
