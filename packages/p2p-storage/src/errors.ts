@@ -12,8 +12,9 @@ export type PeerErrorCode =
   /** The peer serves too many requests now; ask later or elsewhere. */
   | 'LLMESH_PEER_BUSY'
   /**
-   * A seed sent that piece to another peer moments ago, and some piece to no one yet: get it from
-   * that peer once it has it, and ask the seed for `suggestedPiece` (super-seeding).
+   * A seed sent that piece to another peer moments ago (or is sending or suggested it), and some
+   * piece to no one yet: get it from that peer once it has it, and ask the seed for
+   * `suggestedPiece` (super-seeding; none when every such piece is on its way to another).
    */
   | 'LLMESH_PEER_SENT_ELSEWHERE'
   /** The peer refused with a code this version does not know (a newer peer's); the message names it. */
