@@ -546,6 +546,7 @@ try {
       const anchorWall = median(withoutSuperSeeding.map((run) => run.allFinishedSeconds))
       const anchorUploaded = median(withoutSuperSeeding.map((run) => run.seedUploadedMiB))
       const failed = runs.reduce((sum, run) => sum + run.errors.length, 0)
+      const anchorFailed = withoutSuperSeeding.reduce((sum, run) => sum + run.errors.length, 0)
       const peakRss = Math.max(...runs.map((run) => run.largestLeecherPeakRssMiB))
       swarm[leechers] = {
         allFinishedSeconds: wall,
@@ -561,7 +562,7 @@ try {
       }
       console.log(`2. swarm of ${leechers}`, swarm[leechers])
       rows.push(
-        `| swarm: 1 seed + ${leechers} leechers, ${sizeMiB} MiB, uploads capped at 32 MiB/s | all done in ${wall.toFixed(1)} s (runs: ${runs.map((run) => run.allFinishedSeconds.toFixed(1)).join(', ')}); the seed uploaded ${uploaded.toFixed(0)} MiB; leecher peak RSS ≤ ${peakRss.toFixed(0)} MiB${failed > 0 ? `; ${failed} failed` : ''} | one source: ${((leechers * size) / SWARM_UPLOAD_CAP).toFixed(0)} s, ${leechers * sizeMiB} MiB; without super-seeding: ${anchorWall.toFixed(1)} s (runs: ${withoutSuperSeeding.map((run) => run.allFinishedSeconds.toFixed(1)).join(', ')}), the seed uploaded ${anchorUploaded.toFixed(0)} MiB | ${((leechers * size) / SWARM_UPLOAD_CAP / wall).toFixed(1)}× faster | ${leechers === 8 ? `≤ ${((48 * sizeMiB) / 1024).toFixed(0)} s, seed ≤ ${(1.5 * sizeMiB).toFixed(0)} MiB` : 'reported'} |`,
+        `| swarm: 1 seed + ${leechers} leechers, ${sizeMiB} MiB, uploads capped at 32 MiB/s | all done in ${wall.toFixed(1)} s (runs: ${runs.map((run) => run.allFinishedSeconds.toFixed(1)).join(', ')}); the seed uploaded ${uploaded.toFixed(0)} MiB; leecher peak RSS ≤ ${peakRss.toFixed(0)} MiB${failed > 0 ? `; ${failed} failed` : ''} | one source: ${((leechers * size) / SWARM_UPLOAD_CAP).toFixed(0)} s, ${leechers * sizeMiB} MiB; without super-seeding: ${anchorWall.toFixed(1)} s (runs: ${withoutSuperSeeding.map((run) => run.allFinishedSeconds.toFixed(1)).join(', ')}), the seed uploaded ${anchorUploaded.toFixed(0)} MiB${anchorFailed > 0 ? `; ${anchorFailed} failed` : ''} | ${((leechers * size) / SWARM_UPLOAD_CAP / wall).toFixed(1)}× faster | ${leechers === 8 ? `≤ ${((48 * sizeMiB) / 1024).toFixed(0)} s, seed ≤ ${(1.5 * sizeMiB).toFixed(0)} MiB` : 'reported'} |`,
       )
     }
     results.swarm = swarm
