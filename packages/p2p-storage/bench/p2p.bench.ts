@@ -3,7 +3,9 @@
  *   1. one seed to one leecher: verified, written to disk, against the bare libp2p stream rate
  *      (same encryption, the same file's bytes, nothing else, received in a process of its own
  *      as the leecher's) and raw TCP, same run; with TLS, then with Noise; each in a new process,
- *      then again in that process (a second GiB over the same connection);
+ *      then again in that process (a second GiB over the same connection); and the bare stream
+ *      with each piece verified and written by llmesh's writer, no protocol: what checking and
+ *      writing alone leave of the bare rate on the machine;
  *   1b. fan-in: one leecher from 8 seeds in pieces of 32 MiB, every seed's upload capped at
  *      32 MiB/s: its time and peak memory with the cap on bytes in flight over all peers (256 MiB
  *      by default), against the same without that cap;
@@ -320,7 +322,14 @@ try {
       const tcpSeconds: number[] = []
       const coresBusy: number[] = []
       const bareCoresBusy: number[] = []
-      const cpu = { leecher: [] as number[], seed: [] as number[], bare: [] as number[] }
+      const bareVerified = { cold: [] as number[], warm: [] as number[] }
+      const bareVerifiedCoresBusy: number[] = []
+      const cpu = {
+        leecher: [] as number[],
+        seed: [] as number[],
+        bare: [] as number[],
+        bareVerified: [] as number[],
+      }
       for (let run = 0; run < runs; run++) {
         await warmSeed('leecher', seed, { encryption })
         const leecher = await startPeer({ role: 'leecher', encryption })
@@ -350,28 +359,42 @@ try {
         }
         leecher.child.kill()
 
+        // The bare stream, then the same with each piece verified and written as a download
+        // does (the seed, warm from the first, needs no warm-up for the second).
         await warmSeed('bare', seed, { encryption })
-        const receiver = await startPeer({ role: 'bare', encryption })
-        for (const phase of ['cold', 'warm'] as const) {
-          await readIntoPageCache(file)
-          const seedBefore = await cpuSecondsOf(seed.child)
-          const done = await request<{ seconds: number; cpuSeconds: number; bytes: number }>(
-            receiver.child,
-            { bare: seed.addresses[0] },
-            'bytes',
-          )
-          if (done.bytes !== size) throw new Error(`bare stream carried ${done.bytes} bytes`)
-          bare[phase].push(done.seconds)
-          const seedCpu = (await cpuSecondsOf(seed.child)) - seedBefore
-          if (phase === 'cold') {
-            bareCoresBusy.push((done.cpuSeconds + seedCpu) / done.seconds)
-            cpu.bare.push(done.cpuSeconds)
+        for (const verified of [false, true]) {
+          const receiver = await startPeer({ role: 'bare', encryption })
+          for (const phase of ['cold', 'warm'] as const) {
+            const output = join(folder, `bare-${run}-${phase}.bin`)
+            await readIntoPageCache(file)
+            const seedBefore = await cpuSecondsOf(seed.child)
+            const done = await request<{
+              seconds: number
+              cpuSeconds: number
+              bytes: number
+              error?: string
+            }>(
+              receiver.child,
+              { bare: seed.addresses[0], ...(verified ? { output } : {}) },
+              'bytes',
+            )
+            if (done.error !== undefined) throw new Error(done.error)
+            if (done.bytes !== size) throw new Error(`bare stream carried ${done.bytes} bytes`)
+            ;(verified ? bareVerified : bare)[phase].push(done.seconds)
+            const seedCpu = (await cpuSecondsOf(seed.child)) - seedBefore
+            if (phase === 'cold') {
+              ;(verified ? bareVerifiedCoresBusy : bareCoresBusy).push(
+                (done.cpuSeconds + seedCpu) / done.seconds,
+              )
+              ;(verified ? cpu.bareVerified : cpu.bare).push(done.cpuSeconds)
+            }
+            console.log(
+              `  ${encryption} run ${run} (${phase}): bare stream${verified ? ', verified and written,' : ''} ${done.cpuSeconds.toFixed(2)} s of CPU, seed ${seedCpu.toFixed(2)} s, wall ${done.seconds.toFixed(2)} s`,
+            )
+            await rm(output, { force: true })
           }
-          console.log(
-            `  ${encryption} run ${run} (${phase}): bare stream ${done.cpuSeconds.toFixed(2)} s of CPU, seed ${seedCpu.toFixed(2)} s, wall ${done.seconds.toFixed(2)} s`,
-          )
+          receiver.child.kill()
         }
-        receiver.child.kill()
 
         await readIntoPageCache(file)
         const started = performance.now()
@@ -396,15 +419,34 @@ try {
         warmSwarmSeconds: median(llmesh.warm),
         warmBareLibp2pSeconds: median(bare.warm),
         warmRatioToBareLibp2p: median(bare.warm) / median(llmesh.warm),
+        // The bare stream verified and written: what checking and writing alone leave of the
+        // bare rate on this machine, and llmesh against that.
+        bareVerifiedSeconds: median(bareVerified.cold),
+        bareVerifiedRatioToBareLibp2p: median(bare.cold) / median(bareVerified.cold),
+        ratioToBareVerified: median(bareVerified.cold) / median(llmesh.cold),
+        warmBareVerifiedSeconds: median(bareVerified.warm),
+        warmBareVerifiedRatioToBareLibp2p: median(bare.warm) / median(bareVerified.warm),
+        warmRatioToBareVerified: median(bareVerified.warm) / median(llmesh.warm),
         rawTcpSeconds: median(tcpSeconds),
         coresBusy: median(coresBusy),
         bareCoresBusy: median(bareCoresBusy),
+        bareVerifiedCoresBusy: median(bareVerifiedCoresBusy),
         cpuSeconds: {
           leecher: median(cpu.leecher),
           seed: median(cpu.seed),
           bareReceiver: median(cpu.bare),
+          bareVerifiedReceiver: median(cpu.bareVerified),
         },
-        runs: { llmesh, bare, tcpSeconds, coresBusy, bareCoresBusy, cpu },
+        runs: {
+          llmesh,
+          bare,
+          bareVerified,
+          tcpSeconds,
+          coresBusy,
+          bareCoresBusy,
+          bareVerifiedCoresBusy,
+          cpu,
+        },
       }
       transfers[encryption] = transfer
       if (encryption === 'tls')
@@ -412,6 +454,7 @@ try {
       console.log(`1. transfer (${encryption})`, transfer)
       rows.push(
         `| one seed to one leecher, ${sizeMiB} MiB, verified and written (${encryption === 'tls' ? 'TLS' : 'Noise'}) | ${rate(size, transfer.swarmSeconds)} (${transfer.swarmSeconds.toFixed(2)} s) in a new process; ${rate(size, transfer.warmSwarmSeconds)} in one that moved ${sizeMiB} MiB already | bare libp2p stream ${rate(size, transfer.bareLibp2pSeconds)} (${rate(size, transfer.warmBareLibp2pSeconds)}); raw TCP ${rate(size, transfer.rawTcpSeconds)} | ${transfer.ratioToBareLibp2p.toFixed(2)} of bare libp2p (${transfer.warmRatioToBareLibp2p.toFixed(2)}) | ≥ 0.85 |`,
+        `| the same bare ${encryption === 'tls' ? 'TLS' : 'Noise'} stream, each piece verified and written by llmesh's writer, no protocol (what checking and writing leave of the bare rate) | the leecher above: ${transfer.ratioToBareVerified.toFixed(2)} of this rate (${transfer.warmRatioToBareVerified.toFixed(2)}) | bare stream verified and written ${rate(size, transfer.bareVerifiedSeconds)} (${rate(size, transfer.warmBareVerifiedSeconds)}); ${transfer.bareVerifiedCoresBusy.toFixed(1)} cores busy | ${transfer.bareVerifiedRatioToBareLibp2p.toFixed(2)} of bare libp2p (${transfer.warmBareVerifiedRatioToBareLibp2p.toFixed(2)}) | reported |`,
       )
     }
 

@@ -6,14 +6,16 @@
  * A seed serves `file` (optionally lying: `flip` corrupts every fourth piece); it also answers a
  * bare libp2p stream (`/bench/raw/1.0.0`, the file's bytes, nothing else) and raw TCP (the file
  * on a plain socket), the anchors. A leecher waits for `{ start: peers, output? }`, downloads, and
- * reports (again for each `start`); a bare receiver drains the bare stream for each `{ bare: address }`;
+ * reports (again for each `start`); a bare receiver drains the bare stream for each `{ bare: address }`
+ * (with `output`, verifying and writing each piece as a download does: the anchor of what checking
+ * and writing cost, without llmesh's protocol);
  * a puller does the same through the downloader (a pull from the manifest's mirrors, beside the
  * peers, sharing its verified pieces while it runs).
  */
 import { createReadStream } from 'node:fs'
 import { open } from 'node:fs/promises'
 import { createServer } from 'node:net'
-import { createDownloader, ModelStore, tuneHeapForTransfers } from '@llmesh/downloader'
+import { createDownloader, ModelStore, PieceFile, tuneHeapForTransfers } from '@llmesh/downloader'
 import { type Manifest, PieceIndex, type PieceIndexDocument } from '@llmesh/manifest'
 import {
   Bitfield,
@@ -113,6 +115,7 @@ process.send!({
 /** What the benchmark asks of a peer: start (downloading into `output`), drain the bare stream, report. */
 interface Command {
   start?: string[]
+  /** Where a leecher downloads; with `bare`, where the bare stream's pieces are verified and written. */
   output?: string
   bare?: string
   report?: boolean
@@ -129,14 +132,28 @@ process.on('message', async (message: Command) => {
   if (message.bare !== undefined) {
     const started = performance.now()
     const cpuBefore = cpuSeconds()
-    const stream = await node.libp2p.dialProtocol(multiaddr(message.bare), '/bench/raw/1.0.0')
-    let bytes = 0
-    for await (const chunk of stream) bytes += chunk.byteLength
-    process.send!({
-      bytes,
-      seconds: (performance.now() - started) / 1000,
-      cpuSeconds: cpuSeconds() - cpuBefore,
-    })
+    // Opened before the stream, which must be read from its first byte: what the receiver has
+    // not read past libp2p's read buffer (4 MiB) resets the stream.
+    const file =
+      message.output === undefined
+        ? undefined
+        : await PieceFile.open(message.output, { size: setup.size, pieceSize: setup.pieceSize })
+    try {
+      const stream = await node.libp2p
+        .dialProtocol(multiaddr(message.bare), '/bench/raw/1.0.0')
+        .catch(async (error: unknown) => {
+          await file?.close()
+          throw error
+        })
+      const bytes = file === undefined ? await drain(stream) : await verifyAndWrite(stream, file)
+      process.send!({
+        bytes,
+        seconds: (performance.now() - started) / 1000,
+        cpuSeconds: cpuSeconds() - cpuBefore,
+      })
+    } catch (error) {
+      process.send!({ bytes: 0, error: String(error) })
+    }
     return
   }
   if (message.start !== undefined && setup.role === 'puller') {
@@ -198,6 +215,61 @@ process.on('message', async (message: Command) => {
   }
 })
 process.on('disconnect', () => process.exit(0))
+
+/** Reads a bare stream to its end; returns how many bytes it carried. */
+async function drain(stream: AsyncIterable<{ byteLength: number }>): Promise<number> {
+  let bytes = 0
+  for await (const chunk of stream) bytes += chunk.byteLength
+  return bytes
+}
+
+/**
+ * Reads a bare stream to its end as a download would, with none of llmesh's protocol: each piece,
+ * once whole, checked against the piece index and written by the downloader's `PieceFile`
+ * (llmesh's own writer: SHA-256 and the write on a worker thread, past the page cache), which it
+ * closes. Returns how many bytes the stream carried; throws on a piece that fails its check.
+ */
+async function verifyAndWrite(
+  stream: AsyncIterable<Uint8Array | Iterable<Uint8Array>>,
+  file: PieceFile,
+): Promise<number> {
+  const pieceIndex = PieceIndex.fromJSON(setup.pieceIndex)
+  const written: Array<Promise<boolean>> = []
+  let piece: Uint8Array[] = []
+  let filled = 0
+  let bytes = 0
+  const hand = () => {
+    const index = written.length
+    written.push(
+      file.verifyAndWrite(piece, {
+        position: index * setup.pieceSize,
+        sha256: pieceIndex.hashOf(index),
+      }),
+    )
+    piece = []
+    filled = 0
+  }
+  try {
+    for await (const received of stream)
+      for (const buffer of received instanceof Uint8Array ? [received] : received) {
+        bytes += buffer.byteLength
+        let rest = buffer
+        while (rest.byteLength > 0) {
+          const take = Math.min(rest.byteLength, setup.pieceSize - filled)
+          piece.push(take === rest.byteLength ? rest : rest.subarray(0, take))
+          rest = rest.subarray(take)
+          filled += take
+          if (filled === setup.pieceSize) hand()
+        }
+      }
+    if (filled > 0) hand()
+    const failed = (await Promise.all(written)).indexOf(false)
+    if (failed !== -1) throw new Error(`piece ${failed} of the bare stream failed its check`)
+  } finally {
+    await file.close()
+  }
+  return bytes
+}
 
 /** CPU time of this process so far (user and system, all threads). */
 function cpuSeconds(): number {
