@@ -5,7 +5,8 @@
  *      as the leecher's) and raw TCP, same run; with TLS, then with Noise; each in a new process,
  *      then again in that process (a second GiB over the same connection); and the bare stream
  *      with each piece verified and written by llmesh's writer, no protocol: what checking and
- *      writing alone leave of the bare rate on the machine;
+ *      writing alone leave of the bare rate on the machine; and the CPU seconds of each end's main
+ *      thread (where every thread has a core of its own, the busiest bounds the rate);
  *   1b. fan-in: one leecher from 8 seeds in pieces of 32 MiB, every seed's upload capped at
  *      32 MiB/s: its time and peak memory with the cap on bytes in flight over all peers (256 MiB
  *      by default), against the same without that cap;
@@ -91,6 +92,32 @@ async function pieceIndexOfFile(pieceSize?: number): Promise<PieceIndexDocument>
 const pieceIndex = await pieceIndexOfFile()
 const pieceSize = pieceIndex.pieceSize
 
+/** Medians of a transfer in a new process (cold) and in one that moved the file already (warm). */
+interface Phases {
+  cold: number
+  warm: number
+}
+
+/** One receiver's transfers: wall seconds per phase; the first GiB's cores busy and CPU seconds. */
+interface ReceiverFigures {
+  seconds: { cold: number[]; warm: number[] }
+  coresBusy: number[]
+  cpu: {
+    receiver: number[]
+    seed: number[]
+    receiverMainThread: number[]
+    seedMainThread: number[]
+  }
+}
+
+function receiverFigures(): ReceiverFigures {
+  return {
+    seconds: { cold: [], warm: [] },
+    coresBusy: [],
+    cpu: { receiver: [], seed: [], receiverMainThread: [], seedMainThread: [] },
+  }
+}
+
 interface Ready {
   child: ChildProcess
   addresses: string[]
@@ -125,9 +152,9 @@ function request<T>(
   })
 }
 
-/** A child's CPU time so far (user and system, all its threads), in seconds. */
-async function cpuSecondsOf(child: ChildProcess): Promise<number> {
-  return (await request<{ cpuSeconds: number }>(child, { report: true }, 'cpuSeconds')).cpuSeconds
+/** A child's CPU time so far (user and system): all its threads, and its main thread. */
+function cpuOf(child: ChildProcess): Promise<{ cpuSeconds: number; mainThreadCpuSeconds: number }> {
+  return request(child, { report: true }, 'cpuSeconds')
 }
 
 /**
@@ -312,89 +339,80 @@ try {
       await rm(output, { force: true })
       await rm(`${output}.journal`, { force: true })
     }
+    /**
+     * The file moved twice to one receiver in a process of its own (see above), the seed's CPU
+     * measured around each transfer: llmesh's leecher, or the bare stream's receiver (with
+     * `verified`, each piece checked and written by llmesh's writer).
+     */
+    const measureReceiver = async (
+      kind: 'llmesh' | 'bare' | 'bareVerified',
+      seed: Ready,
+      encryption: 'tls' | 'noise',
+      run: number,
+      figures: ReceiverFigures,
+    ) => {
+      const receiver = await startPeer({ role: kind === 'llmesh' ? 'leecher' : 'bare', encryption })
+      for (const phase of ['cold', 'warm'] as const) {
+        const output = join(folder, `${kind}-${run}-${phase}.bin`)
+        await readIntoPageCache(file)
+        const seedBefore = await cpuOf(seed.child)
+        const done = await request<{
+          seconds: number
+          cpuSeconds: number
+          mainThreadCpuSeconds: number
+          bytes?: number
+          error?: string
+        }>(
+          receiver.child,
+          kind === 'llmesh'
+            ? { start: [seed.addresses[0]], output }
+            : { bare: seed.addresses[0], ...(kind === 'bareVerified' ? { output } : {}) },
+          kind === 'llmesh' ? 'done' : 'bytes',
+        )
+        if (done.error !== undefined) throw new Error(done.error)
+        if (kind !== 'llmesh' && done.bytes !== size)
+          throw new Error(`bare stream carried ${done.bytes} bytes`)
+        const seedAfter = await cpuOf(seed.child)
+        const seedCpu = seedAfter.cpuSeconds - seedBefore.cpuSeconds
+        const seedMainThread = seedAfter.mainThreadCpuSeconds - seedBefore.mainThreadCpuSeconds
+        figures.seconds[phase].push(done.seconds)
+        if (phase === 'cold') {
+          // Both ends' CPU time over the wall time: 2 means both cores were busy throughout.
+          figures.coresBusy.push((done.cpuSeconds + seedCpu) / done.seconds)
+          figures.cpu.receiver.push(done.cpuSeconds)
+          figures.cpu.seed.push(seedCpu)
+          figures.cpu.receiverMainThread.push(done.mainThreadCpuSeconds)
+          figures.cpu.seedMainThread.push(seedMainThread)
+        }
+        const what = {
+          llmesh: 'leecher',
+          bare: 'bare stream',
+          bareVerified: 'bare stream, verified and written,',
+        }[kind]
+        console.log(
+          `  ${encryption} run ${run} (${phase}): ${what} ${done.cpuSeconds.toFixed(2)} s of CPU (main thread ${done.mainThreadCpuSeconds.toFixed(2)}), seed ${seedCpu.toFixed(2)} s (${seedMainThread.toFixed(2)}), wall ${done.seconds.toFixed(2)} s`,
+        )
+        await rm(output, { force: true })
+        await rm(`${output}.journal`, { force: true })
+      }
+      receiver.child.kill()
+    }
     /** The bare TLS stream's medians, for the run with larger pieces. */
     let bareTls = { cold: 0, warm: 0 }
     for (const encryption of ['tls', 'noise'] as const) {
       const seed = await startPeer({ role: 'seed', file, encryption })
-      const runs = smoke ? 1 : Number(values.runs)
-      const llmesh = { cold: [] as number[], warm: [] as number[] }
-      const bare = { cold: [] as number[], warm: [] as number[] }
+      const llmesh = receiverFigures()
+      const bare = receiverFigures()
+      const bareVerified = receiverFigures()
       const tcpSeconds: number[] = []
-      const coresBusy: number[] = []
-      const bareCoresBusy: number[] = []
-      const bareVerified = { cold: [] as number[], warm: [] as number[] }
-      const bareVerifiedCoresBusy: number[] = []
-      const cpu = {
-        leecher: [] as number[],
-        seed: [] as number[],
-        bare: [] as number[],
-        bareVerified: [] as number[],
-      }
-      for (let run = 0; run < runs; run++) {
+      for (let run = 0; run < (smoke ? 1 : Number(values.runs)); run++) {
         await warmSeed('leecher', seed, { encryption })
-        const leecher = await startPeer({ role: 'leecher', encryption })
-        for (const phase of ['cold', 'warm'] as const) {
-          const output = join(folder, `leech-${run}-${phase}.bin`)
-          await readIntoPageCache(file)
-          const seedBefore = await cpuSecondsOf(seed.child)
-          const done = await request<{ seconds: number; cpuSeconds: number; error?: string }>(
-            leecher.child,
-            { start: [seed.addresses[0]], output },
-            'done',
-          )
-          if (done.error !== undefined) throw new Error(done.error)
-          llmesh[phase].push(done.seconds)
-          const seedCpu = (await cpuSecondsOf(seed.child)) - seedBefore
-          // Both ends' CPU time over the wall time: 2 means both cores were busy throughout.
-          if (phase === 'cold') {
-            coresBusy.push((done.cpuSeconds + seedCpu) / done.seconds)
-            cpu.leecher.push(done.cpuSeconds)
-            cpu.seed.push(seedCpu)
-          }
-          console.log(
-            `  ${encryption} run ${run} (${phase}): leecher ${done.cpuSeconds.toFixed(2)} s of CPU, seed ${seedCpu.toFixed(2)} s, wall ${done.seconds.toFixed(2)} s`,
-          )
-          await rm(output, { force: true })
-          await rm(`${output}.journal`, { force: true })
-        }
-        leecher.child.kill()
-
+        await measureReceiver('llmesh', seed, encryption, run, llmesh)
         // The bare stream, then the same with each piece verified and written as a download
         // does (the seed, warm from the first, needs no warm-up for the second).
         await warmSeed('bare', seed, { encryption })
-        for (const verified of [false, true]) {
-          const receiver = await startPeer({ role: 'bare', encryption })
-          for (const phase of ['cold', 'warm'] as const) {
-            const output = join(folder, `bare-${run}-${phase}.bin`)
-            await readIntoPageCache(file)
-            const seedBefore = await cpuSecondsOf(seed.child)
-            const done = await request<{
-              seconds: number
-              cpuSeconds: number
-              bytes: number
-              error?: string
-            }>(
-              receiver.child,
-              { bare: seed.addresses[0], ...(verified ? { output } : {}) },
-              'bytes',
-            )
-            if (done.error !== undefined) throw new Error(done.error)
-            if (done.bytes !== size) throw new Error(`bare stream carried ${done.bytes} bytes`)
-            ;(verified ? bareVerified : bare)[phase].push(done.seconds)
-            const seedCpu = (await cpuSecondsOf(seed.child)) - seedBefore
-            if (phase === 'cold') {
-              ;(verified ? bareVerifiedCoresBusy : bareCoresBusy).push(
-                (done.cpuSeconds + seedCpu) / done.seconds,
-              )
-              ;(verified ? cpu.bareVerified : cpu.bare).push(done.cpuSeconds)
-            }
-            console.log(
-              `  ${encryption} run ${run} (${phase}): bare stream${verified ? ', verified and written,' : ''} ${done.cpuSeconds.toFixed(2)} s of CPU, seed ${seedCpu.toFixed(2)} s, wall ${done.seconds.toFixed(2)} s`,
-            )
-            await rm(output, { force: true })
-          }
-          receiver.child.kill()
-        }
+        await measureReceiver('bare', seed, encryption, run, bare)
+        await measureReceiver('bareVerified', seed, encryption, run, bareVerified)
 
         await readIntoPageCache(file)
         const started = performance.now()
@@ -412,49 +430,71 @@ try {
         tcpSeconds.push((performance.now() - started) / 1000)
       }
       seed.child.kill()
+      const seconds = (figures: ReceiverFigures) => ({
+        cold: median(figures.seconds.cold),
+        warm: median(figures.seconds.warm),
+      })
+      const [llmeshSeconds, bareSeconds, bareVerifiedSeconds] = [llmesh, bare, bareVerified].map(
+        seconds,
+      ) as [Phases, Phases, Phases]
+      /**
+       * Medians of the first GiB's CPU seconds. The busiest main thread bounds the rate where
+       * every thread has a core of its own (an estimate for larger machines: here both ends
+       * share two cores).
+       */
+      const cpuMedians = (figures: ReceiverFigures) => {
+        const receiverMainThread = median(figures.cpu.receiverMainThread)
+        const seedMainThread = median(figures.cpu.seedMainThread)
+        return {
+          receiver: median(figures.cpu.receiver),
+          seed: median(figures.cpu.seed),
+          receiverMainThread,
+          seedMainThread,
+          busiestMainThread: Math.max(receiverMainThread, seedMainThread),
+        }
+      }
+      const cpu = {
+        llmesh: cpuMedians(llmesh),
+        bare: cpuMedians(bare),
+        bareVerified: cpuMedians(bareVerified),
+      }
       const transfer = {
-        swarmSeconds: median(llmesh.cold),
-        bareLibp2pSeconds: median(bare.cold),
-        ratioToBareLibp2p: median(bare.cold) / median(llmesh.cold),
-        warmSwarmSeconds: median(llmesh.warm),
-        warmBareLibp2pSeconds: median(bare.warm),
-        warmRatioToBareLibp2p: median(bare.warm) / median(llmesh.warm),
+        swarmSeconds: llmeshSeconds.cold,
+        bareLibp2pSeconds: bareSeconds.cold,
+        ratioToBareLibp2p: bareSeconds.cold / llmeshSeconds.cold,
+        warmSwarmSeconds: llmeshSeconds.warm,
+        warmBareLibp2pSeconds: bareSeconds.warm,
+        warmRatioToBareLibp2p: bareSeconds.warm / llmeshSeconds.warm,
         // The bare stream verified and written: what checking and writing alone leave of the
         // bare rate on this machine, and llmesh against that.
-        bareVerifiedSeconds: median(bareVerified.cold),
-        bareVerifiedRatioToBareLibp2p: median(bare.cold) / median(bareVerified.cold),
-        ratioToBareVerified: median(bareVerified.cold) / median(llmesh.cold),
-        warmBareVerifiedSeconds: median(bareVerified.warm),
-        warmBareVerifiedRatioToBareLibp2p: median(bare.warm) / median(bareVerified.warm),
-        warmRatioToBareVerified: median(bareVerified.warm) / median(llmesh.warm),
+        bareVerifiedSeconds: bareVerifiedSeconds.cold,
+        bareVerifiedRatioToBareLibp2p: bareSeconds.cold / bareVerifiedSeconds.cold,
+        ratioToBareVerified: bareVerifiedSeconds.cold / llmeshSeconds.cold,
+        warmBareVerifiedSeconds: bareVerifiedSeconds.warm,
+        warmBareVerifiedRatioToBareLibp2p: bareSeconds.warm / bareVerifiedSeconds.warm,
+        warmRatioToBareVerified: bareVerifiedSeconds.warm / llmeshSeconds.warm,
         rawTcpSeconds: median(tcpSeconds),
-        coresBusy: median(coresBusy),
-        bareCoresBusy: median(bareCoresBusy),
-        bareVerifiedCoresBusy: median(bareVerifiedCoresBusy),
-        cpuSeconds: {
-          leecher: median(cpu.leecher),
-          seed: median(cpu.seed),
-          bareReceiver: median(cpu.bare),
-          bareVerifiedReceiver: median(cpu.bareVerified),
+        coresBusy: median(llmesh.coresBusy),
+        bareCoresBusy: median(bare.coresBusy),
+        bareVerifiedCoresBusy: median(bareVerified.coresBusy),
+        cpuSeconds: cpu,
+        // Where each thread has a core of its own: the ratios the busiest main threads allow.
+        mainThreadBound: {
+          ratioToBareLibp2p: cpu.bare.busiestMainThread / cpu.llmesh.busiestMainThread,
+          bareVerifiedRatioToBareLibp2p:
+            cpu.bare.busiestMainThread / cpu.bareVerified.busiestMainThread,
         },
-        runs: {
-          llmesh,
-          bare,
-          bareVerified,
-          tcpSeconds,
-          coresBusy,
-          bareCoresBusy,
-          bareVerifiedCoresBusy,
-          cpu,
-        },
+        runs: { llmesh, bare, bareVerified, tcpSeconds },
       }
       transfers[encryption] = transfer
       if (encryption === 'tls')
         bareTls = { cold: transfer.bareLibp2pSeconds, warm: transfer.warmBareLibp2pSeconds }
       console.log(`1. transfer (${encryption})`, transfer)
+      const encryptionName = encryption === 'tls' ? 'TLS' : 'Noise'
       rows.push(
-        `| one seed to one leecher, ${sizeMiB} MiB, verified and written (${encryption === 'tls' ? 'TLS' : 'Noise'}) | ${rate(size, transfer.swarmSeconds)} (${transfer.swarmSeconds.toFixed(2)} s) in a new process; ${rate(size, transfer.warmSwarmSeconds)} in one that moved ${sizeMiB} MiB already | bare libp2p stream ${rate(size, transfer.bareLibp2pSeconds)} (${rate(size, transfer.warmBareLibp2pSeconds)}); raw TCP ${rate(size, transfer.rawTcpSeconds)} | ${transfer.ratioToBareLibp2p.toFixed(2)} of bare libp2p (${transfer.warmRatioToBareLibp2p.toFixed(2)}) | ≥ 0.85 |`,
-        `| the same bare ${encryption === 'tls' ? 'TLS' : 'Noise'} stream, each piece verified and written by llmesh's writer, no protocol (what checking and writing leave of the bare rate) | the leecher above: ${transfer.ratioToBareVerified.toFixed(2)} of this rate (${transfer.warmRatioToBareVerified.toFixed(2)}) | bare stream verified and written ${rate(size, transfer.bareVerifiedSeconds)} (${rate(size, transfer.warmBareVerifiedSeconds)}); ${transfer.bareVerifiedCoresBusy.toFixed(1)} cores busy | ${transfer.bareVerifiedRatioToBareLibp2p.toFixed(2)} of bare libp2p (${transfer.warmBareVerifiedRatioToBareLibp2p.toFixed(2)}) | reported |`,
+        `| one seed to one leecher, ${sizeMiB} MiB, verified and written (${encryptionName}) | ${rate(size, transfer.swarmSeconds)} (${transfer.swarmSeconds.toFixed(2)} s) in a new process; ${rate(size, transfer.warmSwarmSeconds)} in one that moved ${sizeMiB} MiB already | bare libp2p stream ${rate(size, transfer.bareLibp2pSeconds)} (${rate(size, transfer.warmBareLibp2pSeconds)}); raw TCP ${rate(size, transfer.rawTcpSeconds)} | ${transfer.ratioToBareLibp2p.toFixed(2)} of bare libp2p (${transfer.warmRatioToBareLibp2p.toFixed(2)}) | ≥ 0.85 |`,
+        `| the same bare ${encryptionName} stream, each piece verified and written by llmesh's writer, no protocol (what checking and writing leave of the bare rate) | the leecher above: ${transfer.ratioToBareVerified.toFixed(2)} of this rate (${transfer.warmRatioToBareVerified.toFixed(2)}) | bare stream verified and written ${rate(size, transfer.bareVerifiedSeconds)} (${rate(size, transfer.warmBareVerifiedSeconds)}); ${transfer.bareVerifiedCoresBusy.toFixed(1)} cores busy | ${transfer.bareVerifiedRatioToBareLibp2p.toFixed(2)} of bare libp2p (${transfer.warmBareVerifiedRatioToBareLibp2p.toFixed(2)}) | reported |`,
+        `| CPU seconds of the main threads, ${sizeMiB} MiB in a new process (${encryptionName}): where each thread has a core of its own, the busiest bounds the rate | leecher ${cpu.llmesh.receiverMainThread.toFixed(2)} s, seed ${cpu.llmesh.seedMainThread.toFixed(2)} s | bare stream: receiver ${cpu.bare.receiverMainThread.toFixed(2)} s, seed ${cpu.bare.seedMainThread.toFixed(2)} s; verified and written: receiver ${cpu.bareVerified.receiverMainThread.toFixed(2)} s | ${transfer.mainThreadBound.ratioToBareLibp2p.toFixed(2)} of bare libp2p (verified and written, no protocol: ${transfer.mainThreadBound.bareVerifiedRatioToBareLibp2p.toFixed(2)}); an estimate for larger machines | reported |`,
       )
     }
 

@@ -12,7 +12,7 @@
  * a puller does the same through the downloader (a pull from the manifest's mirrors, beside the
  * peers, sharing its verified pieces while it runs).
  */
-import { createReadStream } from 'node:fs'
+import { createReadStream, readFileSync } from 'node:fs'
 import { open } from 'node:fs/promises'
 import { createServer } from 'node:net'
 import { createDownloader, ModelStore, PieceFile, tuneHeapForTransfers } from '@llmesh/downloader'
@@ -126,12 +126,14 @@ process.on('message', async (message: Command) => {
     process.send!({
       uploaded: [...node.uploaded.values()].reduce((sum, bytes) => sum + bytes, 0),
       cpuSeconds: cpuSeconds(),
+      mainThreadCpuSeconds: mainThreadCpuSeconds(),
     })
     return
   }
   if (message.bare !== undefined) {
     const started = performance.now()
     const cpuBefore = cpuSeconds()
+    const mainThreadBefore = mainThreadCpuSeconds()
     // Opened before the stream, which must be read from its first byte: what the receiver has
     // not read past libp2p's read buffer (4 MiB) resets the stream.
     const file =
@@ -150,6 +152,7 @@ process.on('message', async (message: Command) => {
         bytes,
         seconds: (performance.now() - started) / 1000,
         cpuSeconds: cpuSeconds() - cpuBefore,
+        mainThreadCpuSeconds: mainThreadCpuSeconds() - mainThreadBefore,
       })
     } catch (error) {
       process.send!({ bytes: 0, error: String(error) })
@@ -190,6 +193,7 @@ process.on('message', async (message: Command) => {
   if (message.start !== undefined) {
     const started = performance.now()
     const cpuBefore = cpuSeconds()
+    const mainThreadBefore = mainThreadCpuSeconds()
     try {
       const result = await downloadFromPeers({
         node,
@@ -207,6 +211,7 @@ process.on('message', async (message: Command) => {
         wastedPieces: result.wastedPieces,
         peakRssMiB: process.resourceUsage().maxRSS / 1024,
         cpuSeconds: cpuSeconds() - cpuBefore,
+        mainThreadCpuSeconds: mainThreadCpuSeconds() - mainThreadBefore,
         banned: result.banned,
       })
     } catch (error) {
@@ -275,4 +280,18 @@ async function verifyAndWrite(
 function cpuSeconds(): number {
   const { user, system } = process.cpuUsage()
   return (user + system) / 1e6
+}
+
+/**
+ * CPU time of this process's main thread so far (user and system), from `/proc` (in clock ticks
+ * of 1/100 s, Linux's USER_HZ); NaN elsewhere. Where every thread has a core of its own, the
+ * busiest main thread of a transfer bounds its rate.
+ */
+function mainThreadCpuSeconds(): number {
+  if (process.platform !== 'linux') return Number.NaN
+  // The fields after the command name's closing parenthesis start at the state (field 3);
+  // utime and stime are fields 14 and 15.
+  const stat = readFileSync(`/proc/self/task/${process.pid}/stat`, 'utf8')
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
+  return (Number(fields[11]) + Number(fields[12])) / 100
 }
