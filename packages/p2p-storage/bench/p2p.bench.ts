@@ -92,12 +92,6 @@ async function pieceIndexOfFile(pieceSize?: number): Promise<PieceIndexDocument>
 const pieceIndex = await pieceIndexOfFile()
 const pieceSize = pieceIndex.pieceSize
 
-/** Medians of a transfer in a new process (cold) and in one that moved the file already (warm). */
-interface Phases {
-  cold: number
-  warm: number
-}
-
 /** One receiver's transfers: wall seconds per phase; the first GiB's cores busy and CPU seconds. */
 interface ReceiverFigures {
   seconds: { cold: number[]; warm: number[] }
@@ -430,13 +424,14 @@ try {
         tcpSeconds.push((performance.now() - started) / 1000)
       }
       seed.child.kill()
+      /** Medians in a new process (cold) and in one that moved the file already (warm). */
       const seconds = (figures: ReceiverFigures) => ({
         cold: median(figures.seconds.cold),
         warm: median(figures.seconds.warm),
       })
-      const [llmeshSeconds, bareSeconds, bareVerifiedSeconds] = [llmesh, bare, bareVerified].map(
-        seconds,
-      ) as [Phases, Phases, Phases]
+      const llmeshSeconds = seconds(llmesh)
+      const bareSeconds = seconds(bare)
+      const bareVerifiedSeconds = seconds(bareVerified)
       /**
        * Medians of the first GiB's CPU seconds. The busiest main thread bounds the rate where
        * every thread has a core of its own (an estimate for larger machines: here both ends
