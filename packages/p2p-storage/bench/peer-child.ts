@@ -134,8 +134,8 @@ process.on('message', async (message: Command) => {
     const started = performance.now()
     const cpuBefore = cpuSeconds()
     const mainThreadBefore = mainThreadCpuSeconds()
-    // Opened before the stream, which must be read from its first byte: what the receiver has
-    // not read past libp2p's read buffer (4 MiB) resets the stream.
+    // Opened before the stream, which must be read from its first byte: libp2p resets a stream
+    // once more than its read buffer's limit (4 MiB) waits unread.
     const file =
       message.output === undefined
         ? undefined
