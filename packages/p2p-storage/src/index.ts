@@ -30,6 +30,7 @@ export {
   type PeerHave,
   PeerNode,
   type PeerNodeOptions,
+  parsePeerAddress,
   peerIdOf,
 } from './peer-node.js'
 export { PeerByteSource, type PeerByteSourceOptions } from './peer-source.js'

@@ -24,6 +24,7 @@ import { tls } from '@libp2p/tls'
 import type { LengthPrefixedStream } from '@libp2p/utils'
 import {
   createLogger,
+  InvalidArgumentError,
   type Logger,
   type PartialBlob,
   type PartialBlobSink,
@@ -130,8 +131,26 @@ export interface PeerNodeOptions {
   logger?: Logger
 }
 
-/** The limits, checked before the node starts: a NaN or a negative one would not fail, only misbehave. */
+/** A multiaddr as text, such as `/ip4/0.0.0.0/tcp/4001`. */
+const multiaddrText = z.string().refine(
+  (text) => {
+    try {
+      multiaddr(text)
+      return true
+    } catch {
+      return false
+    }
+  },
+  { message: 'not a multiaddr such as /ip4/0.0.0.0/tcp/4001' },
+)
+
+/**
+ * The addresses and the limits, checked before the node starts: a NaN or a negative limit would not
+ * fail, only misbehave, and libp2p would name no option for an address that is no multiaddr.
+ */
 const peerNodeOptionsSchema = z.object({
+  listen: z.array(multiaddrText).optional(),
+  bootstrap: z.array(multiaddrText).optional(),
   superSeeding: z.boolean().optional(),
   limits: z
     .object({
@@ -492,17 +511,21 @@ export class PeerNode {
     else void channel.stream.close().catch(() => {})
   }
 
-  /** Opens a stream of `protocol` to a peer; a failure becomes `LLMESH_PEER_UNREACHABLE`. */
+  /**
+   * Opens a stream of `protocol` to a peer; a failure becomes `LLMESH_PEER_UNREACHABLE`, an
+   * address that is no multiaddr `InvalidArgumentError`.
+   */
   private async openStream(
     peer: PeerAddress,
     protocol: string,
     digest: string,
     options: { signal?: AbortSignal },
   ): Promise<Channel> {
+    const address = dialable(peer)
     let stream: Stream
     try {
       stream = await this.libp2p
-        .dialProtocol(dialable(peer), protocol, options)
+        .dialProtocol(address, protocol, options)
         .catch(async (error: unknown) => {
           // A peer refuses a connection by resetting it, before the handshake ends: past its cap on
           // connections, or past its cap on new connections per second from one address (5 by
@@ -511,7 +534,7 @@ export class PeerNode {
           if (options.signal?.aborted || !resetBeforeConnected(error)) throw error
           this.log('%s reset a dial; dialling again in a second', peerIdOf(peer))
           await sleep(REDIAL_AFTER_RESET_MS + Math.random() * REDIAL_JITTER_MS, options)
-          return this.libp2p.dialProtocol(dialable(peer), protocol, options)
+          return this.libp2p.dialProtocol(address, protocol, options)
         })
     } catch (error) {
       if (options.signal?.aborted) throw error
@@ -861,13 +884,42 @@ export function digestCid(digest: string): CID {
   return CID.createV1(0x55, Digest.create(0x12, Buffer.from(digest, 'hex')))
 }
 
+/**
+ * A peer's address as text (`/ip4/192.0.2.7/tcp/4001/p2p/12D3Koo...`) read as a multiaddr;
+ * `InvalidArgumentError` naming the text when it is not one. `argument` names where it came from.
+ */
+export function parsePeerAddress(text: string, argument = 'peer'): Multiaddr {
+  try {
+    return multiaddr(text)
+  } catch (error) {
+    throw new InvalidArgumentError({
+      argument,
+      message: `"${text}" is not a multiaddr such as /ip4/192.0.2.7/tcp/4001/p2p/<peer id> (${error instanceof Error ? error.message : String(error)})`,
+      cause: error,
+    })
+  }
+}
+
+/** Refuses, before any work starts, a peer given as text that is no multiaddr, naming it. */
+export function checkPeerAddresses(peers: readonly PeerAddress[], argument: string): void {
+  peers.forEach((peer, index) => {
+    if (typeof peer === 'string') parsePeerAddress(peer, `${argument}[${index}]`)
+  })
+}
+
 function dialable(address: PeerAddress): PeerId | Multiaddr | Multiaddr[] {
-  return typeof address === 'string' ? multiaddr(address) : address
+  return typeof address === 'string' ? parsePeerAddress(address) : address
 }
 
 /** The peer id in an address (a multiaddr's `/p2p/` part), for reports and blame. */
 export function peerIdOf(address: PeerAddress): string {
-  const first = Array.isArray(address) ? address[0] : dialable(address)
+  let first: ReturnType<typeof dialable> | undefined
+  try {
+    first = Array.isArray(address) ? address[0] : dialable(address)
+  } catch {
+    // An address that is no multiaddr is reported as written.
+    return String(address)
+  }
   if (first === undefined) return 'unknown'
   if (!isMultiaddr(first)) return first.toString()
   const peer = first.getComponents().findLast((component) => component.name === 'p2p')
@@ -903,6 +955,6 @@ function describeDialFailure(error: unknown, privateNetwork: boolean): string {
   if (error.name === 'EncryptionFailedError')
     return `the encryption handshake failed (${error.message}): does the peer use ${otherKey}?`
   if (error.name === 'TimeoutError')
-    return `no connection within libp2p's dial timeout (${error.message}): the peer is down or filtered`
+    return `no connection within libp2p's dial timeout (${error.message}): the peer is down or filtered, or it uses ${otherKey}`
   return error.message
 }

@@ -18,7 +18,7 @@ import { z } from 'zod'
 import type { Bitfield } from './bitfield.js'
 import { PeerError } from './errors.js'
 import { timerMs } from './option-schemas.js'
-import { type PeerAddress, type PeerNode, peerIdOf } from './peer-node.js'
+import { checkPeerAddresses, type PeerAddress, type PeerNode, peerIdOf } from './peer-node.js'
 
 /** One peer's piece list of one blob, as the peer pushes it. */
 interface Holder {
@@ -66,6 +66,7 @@ export class PeerByteSource implements ByteSource {
     private readonly options: PeerByteSourceOptions = {},
   ) {
     parseArgument(peerByteSourceOptionsSchema, options, 'options')
+    checkPeerAddresses(peers, 'peers')
     this.id = `peers:${peers.map(peerIdOf).join(',')}`
   }
 

@@ -42,7 +42,7 @@ import { z } from 'zod'
 import { Bitfield } from './bitfield.js'
 import { PeerError } from './errors.js'
 import { positiveOrUnlimited, timerMs } from './option-schemas.js'
-import { type PeerAddress, type PeerNode, peerIdOf } from './peer-node.js'
+import { checkPeerAddresses, type PeerAddress, type PeerNode, peerIdOf } from './peer-node.js'
 import { PieceOrder } from './piece-order.js'
 
 export type SwarmProgressEvent =
@@ -163,6 +163,7 @@ export async function downloadFromPeers(
   options: SwarmDownloadOptions,
 ): Promise<SwarmDownloadResult> {
   parseArgument(numericOptionsSchema, options, 'options')
+  checkPeerAddresses(options.peers, 'options.peers')
   const { node, path } = options
   const pieceIndex =
     options.pieceIndex instanceof PieceIndex

@@ -325,6 +325,37 @@ describe('swarm download over real libp2p nodes', () => {
     )
   })
 
+  it('refuses a peer address that is no multiaddr before any work, naming it and where it was given', async () => {
+    const nodeOptions: Array<[PeerNodeOptions, string]> = [
+      [{ bootstrap: ['/ip4/127.0.0.1/tcp/4001', 'seed.example:4001'] }, 'options.bootstrap[1]'],
+      [{ listen: ['0.0.0.0:4001'] }, 'options.listen[0]'],
+    ]
+    for (const [options, argument] of nodeOptions) {
+      const error = await createPeerNode(options).catch((caught: unknown) => caught)
+      expect(InvalidArgumentError.isInstance(error) && error.argument).toBe(argument)
+      expect((error as Error).message).toMatch(/not a multiaddr such as/)
+    }
+    const leecher = await node()
+    const path = at('not-a-multiaddr')
+    const download = await downloadFromPeers({
+      node: leecher,
+      peers: ['/ip4/127.0.0.1/tcp/4001', 'seed.example:4001'],
+      pieceIndex,
+      path,
+    }).catch((caught: unknown) => caught)
+    expect(InvalidArgumentError.isInstance(download) && download.argument).toBe('options.peers[1]')
+    expect((download as Error).message).toMatch(/"seed\.example:4001" is not a multiaddr/)
+    await expect(stat(`${path}.journal`)).rejects.toMatchObject({ code: 'ENOENT' })
+    expect(() => new PeerByteSource(leecher, ['seed.example:4001'])).toThrow(/peers\[0\]/)
+    // Asked directly, the node says the same, where it used to report the peer unreachable.
+    const asked = await leecher
+      .have('seed.example:4001', pieceIndex.sha256)
+      .catch((caught) => caught)
+    expect(InvalidArgumentError.isInstance(asked) && asked.message).toMatch(
+      /Invalid argument peer: "seed\.example:4001" is not a multiaddr/,
+    )
+  })
+
   it('refuses to start when the disk has less free space than the blob needs, asking no peer', async () => {
     const { bavail, bsize } = await statfs(directory.path)
     // A blob 1 GiB larger than the free space, in pieces of 256 MiB (its hashes are never read).

@@ -1,3 +1,4 @@
+import { parsePeerAddress } from '@llmesh/p2p-storage'
 import bytes from 'bytes'
 import { InvalidArgumentError } from 'commander'
 
@@ -15,4 +16,17 @@ export function parseByteSize(value: string): number {
   if (parsed === null || !Number.isFinite(parsed) || parsed <= 0)
     throw new InvalidArgumentError(`"${value}" is not a size such as 500kb, 10MB or 1.5GB`)
   return parsed
+}
+
+/**
+ * Collects the values of a variadic multiaddr option or argument, refusing one that is not a
+ * multiaddr before any peer is dialled.
+ */
+export function collectMultiaddr(value: string, previous: string[] = []): string[] {
+  try {
+    parsePeerAddress(value)
+  } catch {
+    throw new InvalidArgumentError('not a multiaddr such as /ip4/192.0.2.7/tcp/4001/p2p/<peer id>')
+  }
+  return [...previous, value]
 }

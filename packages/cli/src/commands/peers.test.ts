@@ -2,6 +2,7 @@ import { readFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { createTempDir, startMirror, type TempDir, writeTinyGguf } from '@llmesh/testkit'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { exitCodes } from '../exit-codes.js'
 import { run } from '../program.js'
 import { captureIo, llmesh } from '../test-io.js'
 
@@ -103,6 +104,20 @@ describe('llmesh seed, pull --peer and peers', () => {
       .map((line) => JSON.parse(line))
       .find((line) => line.event === 'stopped')
     expect(stopped).toEqual({ event: 'stopped', uploadedBytes: model.size, peers: 1 })
+  })
+
+  it('refuses a peer address that is no multiaddr as wrong usage, before dialling anyone', async () => {
+    for (const argv of [
+      ['peers', '/ip4/127.0.0.1/tcp/4001', 'seed.example:4001', '--model', 'sha256:00'],
+      ['pull', at('none.manifest.json'), '--peer', 'seed.example:4001'],
+      ['seed', '--store', at('no-store'), '--bootstrap', 'seed.example:4001'],
+      ['seed', '--store', at('no-store'), '--listen', '0.0.0.0:4001'],
+    ]) {
+      const result = await llmesh(...argv)
+      expect(result.code).toBe(exitCodes.usage)
+      expect(result.err).toMatch(/'seed\.example:4001'|'0\.0\.0\.0:4001'/)
+      expect(result.err).toMatch(/not a multiaddr such as \/ip4\//)
+    }
   })
 
   it('writes a private network key once', async () => {

@@ -8,7 +8,7 @@ import { createPeerNode, createPrivateNetworkKey, PeerError } from '@llmesh/p2p-
 import type { Command } from 'commander'
 import type { CommandContext } from '../program.js'
 import { table } from '../table.js'
-import { parseByteSize, parseInteger } from './option-parsers.js'
+import { collectMultiaddr, parseByteSize, parseInteger } from './option-parsers.js'
 import { withOpenStore, withStore } from './store.js'
 
 interface PeerOptions {
@@ -24,12 +24,13 @@ function withPeerOptions(command: Command): Command {
     .option(
       '--listen <multiaddr...>',
       'addresses to listen on (default /ip4/0.0.0.0/tcp/4001 for seed)',
+      collectMultiaddr,
     )
     .option(
       '--private-network-key <file>',
       'a swarm key file: only peers with the same key connect',
     )
-    .option('--bootstrap <multiaddr...>', 'peers to connect to at start')
+    .option('--bootstrap <multiaddr...>', 'peers to connect to at start', collectMultiaddr)
     .option('--mdns', 'find peers on the local network')
 }
 
@@ -103,7 +104,7 @@ export function registerPeerCommands(program: Command, context: CommandContext):
     program
       .command('peers')
       .description("ask peers which pieces of a stored model's files (or of a digest) they hold")
-      .argument('<peer...>', 'peer multiaddrs with /p2p/<id>')
+      .argument('<peer...>', 'peer multiaddrs with /p2p/<id>', collectMultiaddr)
       .requiredOption('--model <id[@version] | sha256:hex>', 'what to ask about'),
   ).action(async (peers: string[], options: PeerOptions & { model: string }) =>
     withOpenStore(options, async (store) => {

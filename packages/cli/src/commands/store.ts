@@ -16,7 +16,7 @@ import type { Command } from 'commander'
 import type { CommandContext } from '../program.js'
 import { describeVerification, PullProgress } from '../pull-progress.js'
 import { table } from '../table.js'
-import { parseByteSize, parseInteger } from './option-parsers.js'
+import { collectMultiaddr, parseByteSize, parseInteger } from './option-parsers.js'
 
 interface StoreOptions {
   store?: string
@@ -64,6 +64,7 @@ function withSources(command: Command): Command {
     .option(
       '--peer <multiaddr...>',
       'libp2p peers (with /p2p/<id>) to fetch pieces from, beside the mirrors',
+      collectMultiaddr,
     )
 }
 
