@@ -49,6 +49,13 @@ export class Output {
     if (!this.json) this.io.stderr(`${text}\n`)
   }
 
+  /** Wrong usage (an unknown option, a missing argument...) as a JSON error on stdout, `--json` only. */
+  usageError(message: string, commanderCode: string): void {
+    if (!this.json) return
+    const error = { name: 'UsageError', code: 'LLMESH_USAGE', commanderCode, message }
+    this.io.stdout(`${JSON.stringify({ error }, null, 2)}\n`)
+  }
+
   error(error: unknown): void {
     const described = describeError(error)
     if (this.json && this.resultPrinted)

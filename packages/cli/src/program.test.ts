@@ -29,6 +29,17 @@ describe('llmesh', () => {
     expect((await llmesh('testkit', 'gguf', at('x.gguf'), '--layers', 'many')).code).toBe(
       exitCodes.usage,
     )
+    // With --json, a script reads what was wrong from stdout too.
+    const usage = await llmesh('--json', 'testkit', 'gguf', at('x.gguf'), '--layers', 'many')
+    expect(usage.code).toBe(exitCodes.usage)
+    expect(JSON.parse(usage.out)).toEqual({
+      error: {
+        name: 'UsageError',
+        code: 'LLMESH_USAGE',
+        commanderCode: 'commander.invalidArgument',
+        message: expect.stringMatching(/--layers <number>.*'many' is invalid/),
+      },
+    })
   })
 
   it('writes a tiny model, creates, signs and verifies its manifest end to end', async () => {

@@ -75,8 +75,12 @@ export async function run(
     await program.parseAsync(argv, { from: 'user' })
     return exitCodes.success
   } catch (error) {
-    if (error instanceof CommanderError)
-      return error.exitCode === 0 ? exitCodes.success : exitCodes.usage
+    if (error instanceof CommanderError) {
+      if (error.exitCode === 0) return exitCodes.success
+      // Commander has told the person at the terminal on stderr; a script reads stdout.
+      if (json) output.usageError(error.message.replace(/^error: /, ''), error.code)
+      return exitCodes.usage
+    }
     output.error(error)
     return exitCodeFor(error)
   }
