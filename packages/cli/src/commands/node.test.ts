@@ -133,5 +133,13 @@ describe('llmesh node', () => {
     const result = await llmesh('node', '--config', config)
     expect(result.code).toBe(exitCodes.invalidInput)
     expect(result.err).toContain('models')
+    // A peer that is no multiaddr is named by its place in the file, before anything starts.
+    await writeFile(
+      config,
+      'models: [acme/tiny]\np2p: { peers: ["/ip4/127.0.0.1/tcp/4001", "seed.example:4001"] }\n',
+    )
+    const peer = await llmesh('node', '--config', config)
+    expect(peer.code).toBe(exitCodes.invalidInput)
+    expect(peer.err).toMatch(/p2p\.peers\.1: not a multiaddr such as \/ip4\//)
   })
 })

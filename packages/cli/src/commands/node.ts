@@ -29,6 +29,10 @@ import { parse as parseYaml } from 'yaml'
 import { z } from 'zod'
 import type { CommandContext } from '../program.js'
 import { requireDecodes } from './backend-check.js'
+import { isMultiaddr, NOT_A_MULTIADDR } from './option-parsers.js'
+
+/** A multiaddr as text in the config file, such as `/ip4/0.0.0.0/tcp/4001`. */
+const multiaddrText = z.string().refine(isMultiaddr, NOT_A_MULTIADDR)
 
 /** The node's configuration file (YAML or JSON); paths in it are relative to the file. */
 export const nodeConfigSchema = z.strictObject({
@@ -74,9 +78,9 @@ export const nodeConfigSchema = z.strictObject({
   p2p: z
     .strictObject({
       enabled: z.boolean().default(true),
-      listen: z.array(z.string()).default(['/ip4/0.0.0.0/tcp/4001']),
+      listen: z.array(multiaddrText).default(['/ip4/0.0.0.0/tcp/4001']),
       /** Peers to fetch from and connect to (multiaddrs with /p2p/<id>). */
-      peers: z.array(z.string()).default([]),
+      peers: z.array(multiaddrText).default([]),
       mdns: z.boolean().default(false),
       privateNetworkKey: z.string().optional(),
       /** Caps on bytes per second sent to and received from all peers together. */
