@@ -26,6 +26,7 @@ export {
   createPrivateNetworkKey,
   DHT_PROTOCOL,
   digestCid,
+  isMultiaddrText,
   type PeerAddress,
   type PeerHave,
   PeerNode,

@@ -131,18 +131,20 @@ export interface PeerNodeOptions {
   logger?: Logger
 }
 
+/** Whether `text` reads as a multiaddr, such as `/ip4/192.0.2.7/tcp/4001/p2p/<peer id>`. */
+export function isMultiaddrText(text: string): boolean {
+  try {
+    multiaddr(text)
+    return true
+  } catch {
+    return false
+  }
+}
+
 /** A multiaddr as text, such as `/ip4/0.0.0.0/tcp/4001`. */
-const multiaddrText = z.string().refine(
-  (text) => {
-    try {
-      multiaddr(text)
-      return true
-    } catch {
-      return false
-    }
-  },
-  { message: 'not a multiaddr such as /ip4/0.0.0.0/tcp/4001' },
-)
+const multiaddrText = z
+  .string()
+  .refine(isMultiaddrText, { message: 'not a multiaddr such as /ip4/0.0.0.0/tcp/4001' })
 
 /**
  * The addresses and the limits, checked before the node starts: a NaN or a negative limit would not

@@ -22,17 +22,22 @@ import {
   storeModelResolver,
 } from '@llmesh/inference'
 import { importTrustedKey } from '@llmesh/manifest'
-import { createPeerNode, PeerByteSource, type PeerNodeOptions } from '@llmesh/p2p-storage'
+import {
+  createPeerNode,
+  isMultiaddrText,
+  PeerByteSource,
+  type PeerNodeOptions,
+} from '@llmesh/p2p-storage'
 import { createRegistryClient, startHeartbeat } from '@llmesh/registry-client'
 import type { Command } from 'commander'
 import { parse as parseYaml } from 'yaml'
 import { z } from 'zod'
 import type { CommandContext } from '../program.js'
 import { requireDecodes } from './backend-check.js'
-import { isMultiaddr, NOT_A_MULTIADDR } from './option-parsers.js'
+import { NOT_A_MULTIADDR } from './option-parsers.js'
 
 /** A multiaddr as text in the config file, such as `/ip4/0.0.0.0/tcp/4001`. */
-const multiaddrText = z.string().refine(isMultiaddr, NOT_A_MULTIADDR)
+const multiaddrText = z.string().refine(isMultiaddrText, NOT_A_MULTIADDR)
 
 /** The node's configuration file (YAML or JSON); paths in it are relative to the file. */
 export const nodeConfigSchema = z.strictObject({

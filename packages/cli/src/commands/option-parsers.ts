@@ -1,4 +1,4 @@
-import { parsePeerAddress } from '@llmesh/p2p-storage'
+import { isMultiaddrText } from '@llmesh/p2p-storage'
 import bytes from 'bytes'
 import { InvalidArgumentError } from 'commander'
 
@@ -21,21 +21,11 @@ export function parseByteSize(value: string): number {
 /** The usage error's words for a peer address that is no multiaddr. */
 export const NOT_A_MULTIADDR = 'not a multiaddr such as /ip4/192.0.2.7/tcp/4001/p2p/<peer id>'
 
-/** Whether `text` is a multiaddr (`/ip4/192.0.2.7/tcp/4001/p2p/<peer id>`), as libp2p reads one. */
-export function isMultiaddr(text: string): boolean {
-  try {
-    parsePeerAddress(text)
-    return true
-  } catch {
-    return false
-  }
-}
-
 /**
  * Collects the values of a variadic multiaddr option or argument, refusing one that is not a
  * multiaddr before any peer is dialled.
  */
 export function collectMultiaddr(value: string, previous: string[] = []): string[] {
-  if (!isMultiaddr(value)) throw new InvalidArgumentError(NOT_A_MULTIADDR)
+  if (!isMultiaddrText(value)) throw new InvalidArgumentError(NOT_A_MULTIADDR)
   return [...previous, value]
 }
