@@ -13,7 +13,8 @@ export interface ByteSource {
   readonly kind: 'http' | 'file' | 'peer' | (string & {})
   /**
    * Streams bytes [start, end) of the blob whose sha256 is `digest` (64 lowercase hex).
-   * Yields exactly `end - start` bytes in order or throws a `ByteSourceError`.
+   * Yields exactly `end - start` bytes in order or throws a `ByteSourceError`. It may also yield
+   * empty chunks, signs of life while it works toward `start` (a `sequential` source skipping).
    */
   read(request: ByteRangeRequest): AsyncIterable<Uint8Array>
   /** Whether this source can serve `digest`, when it can tell cheaply (a peer's piece list). */
@@ -32,6 +33,13 @@ export interface ByteSource {
    * pieces back. A source with `holds()` but without this method is taken to take part.
    */
   takesPart?(digest: string): boolean
+  /**
+   * True when the source can only be read front to back (a mirror that ignores Range answers
+   * every request with the whole file): a read skips the bytes before its start, and one that
+   * starts before where the last read ended starts over from the first byte. The downloader then
+   * gives it one request at a time and its pieces in order. It may turn true during a download.
+   */
+  readonly sequential?: boolean
   /** Lets go of what the source keeps open (a peer's piece list it watches); called once it is done. */
   close?(): Promise<void> | void
 }

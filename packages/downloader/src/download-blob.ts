@@ -519,7 +519,7 @@ export async function downloadBlob(options: DownloadBlobOptions): Promise<Downlo
     return (
       !state.dropped &&
       state.retryAt <= now &&
-      state.active < state.allowed &&
+      state.active < (state.source.sequential === true ? 1 : state.allowed) &&
       (hostLimiter?.canOpen(state.host) ?? true)
     )
   }
@@ -568,7 +568,11 @@ export async function downloadBlob(options: DownloadBlobOptions): Promise<Downlo
     // hold one the other lacks. Not beside peers that neither hold nor fetch it: random order
     // would cost the in-order whole-file digest its pace for nothing.
     const telling = others.filter((other) => other.source.holds !== undefined)
+    // A source read front to back (it ignores Range) gets its pieces in order: one out of order
+    // would have it start over from the first byte.
+    const sequential = state.source.sequential === true
     if (
+      !sequential &&
       state.source.holds === undefined &&
       telling.some((peer) => peer.source.takesPart?.(digestKey) ?? true)
     ) {
@@ -586,8 +590,9 @@ export async function downloadBlob(options: DownloadBlobOptions): Promise<Downlo
     }
     // Endgame: nothing left to hand out. Duplicate the slowest lone request, so that one slow
     // connection cannot hold the last percent; the first copy to arrive wins. Not before: pieces
-    // left to a peer, or that this source does not hold, are still to be handed out.
-    if (lowestMissingIndex() !== undefined) return undefined
+    // left to a peer, or that this source does not hold, are still to be handed out. A source
+    // read front to back hedges nothing: the pieces left lie behind where it stands.
+    if (lowestMissingIndex() !== undefined || sequential) return undefined
     let candidate: PieceRequest | undefined
     for (const requests of active.values()) {
       if (requests.size !== 1) continue
@@ -684,6 +689,11 @@ export async function downloadBlob(options: DownloadBlobOptions): Promise<Downlo
         end,
         signal: requestSignal,
       })) {
+        // An empty chunk is a sign of life (a source skipping to the piece), not data.
+        if (chunk.byteLength === 0) {
+          timer.refresh()
+          continue
+        }
         if (received + chunk.byteLength > bytes.byteLength)
           throw new ByteSourceError({
             failure: 'misbehaved',

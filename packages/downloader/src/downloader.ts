@@ -181,7 +181,7 @@ export function createDownloader(options: DownloaderOptions): Downloader {
 
   /**
    * The sources for an artifact: its mirrors (filtered by policy), then extra ones. `created` are
-   * those `extraSources` made for it, closed when its download ends.
+   * those made for it (its mirrors' and `extraSources`'), closed when its download ends.
    */
   async function sourcesFor(
     artifact: Artifact,
@@ -203,11 +203,12 @@ export function createDownloader(options: DownloaderOptions): Downloader {
       const token = url.protocol === 'hf:' ? hfToken : undefined
       sources.push(httpSource(resolved, artifact.size, token))
     }
+    const mirrors = [...sources]
     sources.push(...(extra ?? []))
-    const created =
+    const extraCreated =
       (await options.extraSources?.({ sha256: artifact.sha256, size: artifact.size })) ?? []
-    sources.push(...created)
-    return { sources: rankSources(sources), skipped, created }
+    sources.push(...extraCreated)
+    return { sources: rankSources(sources), skipped, created: [...mirrors, ...extraCreated] }
   }
 
   /** Sources that served well before come first; ones that sent bad bytes come last. */

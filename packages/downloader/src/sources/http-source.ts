@@ -51,8 +51,11 @@ const RETRYABLE_STATUSES = new Set([408, 425, 429, 500, 502, 503, 504])
  * A mirror reached over HTTP(S) with undici: byte ranges with strict checks.
  *
  * - A range is accepted only as a 206 whose Content-Range is exactly the one asked for, and whose
- *   total is the artifact's size. A 200 to a range request is used only when the range starts
- *   at 0 (the body's start is then the range); otherwise it is refused without keeping a byte.
+ *   total is the artifact's size.
+ * - A 200 to a range request is the whole file (its Content-Length must be the artifact's size):
+ *   the server ignores Range. The range is cut out of it, and the source turns `sequential`: it
+ *   is read front to back from then on, each read taking its range from one answer kept open
+ *   between reads, rather than fetching the file from its first byte each time.
  * - An HTML page is never data: a `text/html` answer is a misbehaving mirror, whatever its status.
  * - The first strong ETag is remembered and sent as `If-Match`, so a file that changes upstream
  *   mid-download gives 412 instead of mixed bytes. An ETag that is itself a sha256 must be the
@@ -70,6 +73,10 @@ export class HttpSource implements ByteSource {
   /** Where the last redirect chain ended; asked directly until it fails. */
   private resolved: URL | undefined
   private etag: string | undefined
+  /** The server answered a range request with the whole file: it ignores Range. */
+  private ignoresRanges = false
+  /** The whole-file answer the last read left open (a server that ignores Range). */
+  private idleBody: WholeFileBody | undefined
 
   constructor(options: HttpSourceOptions) {
     this.options = options
@@ -83,7 +90,21 @@ export class HttpSource implements ByteSource {
     this.host = this.url.host
   }
 
-  async *read({ digest, start, end, signal }: ByteRangeRequest): AsyncGenerator<Uint8Array> {
+  /**
+   * True once the server has answered a range request with the whole file (a 200, as
+   * `python3 -m http.server` does): from then on it is read front to back, each read skipping to
+   * its start through one answer kept open between reads (see `ByteSource.sequential`).
+   */
+  get sequential(): boolean {
+    return this.ignoresRanges
+  }
+
+  async *read(request: ByteRangeRequest): AsyncGenerator<Uint8Array> {
+    if (this.ignoresRanges) {
+      yield* this.readFromWholeFile(request)
+      return
+    }
+    const { digest, start, end, signal } = request
     const length = end - start
     const headers: Record<string, string> = { range: `bytes=${start}-${end - 1}` }
     if (this.etag !== undefined) headers['if-match'] = this.etag
@@ -94,35 +115,27 @@ export class HttpSource implements ByteSource {
       this.checkStatus(statusCode, response, digest)
       this.checkContentType(response, digest)
       this.checkEtag(response, digest)
-      if (statusCode === 206) this.checkContentRange(response, start, end, digest)
-      else if (start !== 0)
-        throw this.error(
-          'misbehaved',
-          digest,
-          `answered 200 to a range request for bytes ${start}-${end - 1}: it ignores Range`,
-          statusCode,
-        )
-
+      if (statusCode === 200) {
+        // The whole file, from its first byte: this range is cut out of it, and the reads after
+        // it go through an answer of their own, kept open between them.
+        this.checkWholeFileLength(response, digest)
+        if (!this.ignoresRanges) log('%s ignores Range: read front to back from now on', this.id)
+        this.ignoresRanges = true
+        yield* this.cutRange(new WholeFileBody(response), request)
+        return
+      }
+      this.checkContentRange(response, start, end, digest)
       let received = 0
       for await (const chunk of response.body) {
-        const room = length - received
-        if (chunk.byteLength > room) {
-          if (statusCode === 206)
-            throw this.error(
-              'misbehaved',
-              digest,
-              `sent more than the ${length} bytes asked for`,
-              statusCode,
-            )
-          // A 200 carries the whole file: its first `length` bytes are the range; drop the rest.
-          if (room > 0) yield chunk.subarray(0, room)
-          received = length
-          return
-        }
+        if (chunk.byteLength > length - received)
+          throw this.error(
+            'misbehaved',
+            digest,
+            `sent more than the ${length} bytes asked for`,
+            statusCode,
+          )
         received += chunk.byteLength
         yield chunk
-        // A 206 is read to its natural end, so the connection goes back to the pool.
-        if (received === length && statusCode === 200) return
       }
       if (received !== length)
         throw this.error(
@@ -139,6 +152,134 @@ export class HttpSource implements ByteSource {
       // A body read to its end leaves the connection reusable; anything else closes it.
       if (!finished) response.close()
     }
+  }
+
+  /**
+   * A read from a server that ignores Range: through the whole-file answer left open by the read
+   * before when it has not passed this one's start, else through a new one (from the first byte).
+   * The answer is kept for the next read once this range is out of it.
+   */
+  private async *readFromWholeFile(request: ByteRangeRequest): AsyncGenerator<Uint8Array> {
+    const { digest, start, signal } = request
+    let body = this.idleBody
+    this.idleBody = undefined
+    if (body === undefined || body.position > start) {
+      body?.close()
+      const headers: Record<string, string> = {}
+      if (this.etag !== undefined) headers['if-match'] = this.etag
+      // The answer outlives this read: it stops with its own signal, which this read's aborts
+      // only while the read lasts.
+      const stop = new AbortController()
+      const unlink = abortWith(signal, stop)
+      try {
+        const response = await this.openRange(headers, digest, stop.signal)
+        try {
+          this.checkStatus(response.statusCode, response, digest)
+          this.checkContentType(response, digest)
+          this.checkEtag(response, digest)
+          if (response.statusCode !== 200)
+            throw this.error(
+              'misbehaved',
+              digest,
+              `answered ${response.statusCode} to a request for the whole file`,
+              response.statusCode,
+            )
+          this.checkWholeFileLength(response, digest)
+        } catch (error) {
+          response.close()
+          throw error
+        }
+        body = new WholeFileBody(response, stop)
+      } catch (error) {
+        if (isAbortError(error) || ByteSourceError.isInstance(error)) throw error
+        throw this.networkError(error, digest)
+      } finally {
+        unlink()
+      }
+    }
+    const unlink = abortWith(signal, body.stop)
+    let keep = false
+    try {
+      yield* this.cutRange(body, request)
+      keep = body.position < (this.options.expectedSize ?? Number.POSITIVE_INFINITY)
+    } finally {
+      unlink()
+      if (keep) this.keepIdle(body)
+      else body.close()
+    }
+  }
+
+  /** Keeps one whole-file answer open between reads: the one furthest on, since reads come in order. */
+  private keepIdle(body: WholeFileBody): void {
+    const idle = this.idleBody
+    if (idle !== undefined && idle.position >= body.position) {
+      body.close()
+      return
+    }
+    idle?.close()
+    this.idleBody = body
+  }
+
+  /**
+   * Bytes [start, end) out of a whole-file answer: what comes before `start` is skipped (with an
+   * empty chunk at least once a second, a sign of life for the caller's stall timer), what comes
+   * after `end` stays in the body for the next read.
+   */
+  private async *cutRange(
+    body: WholeFileBody,
+    { digest, start, end }: ByteRangeRequest,
+  ): AsyncGenerator<Uint8Array> {
+    try {
+      let signOfLifeAt = performance.now()
+      while (body.position < start) {
+        const chunk = await body.next()
+        if (chunk === undefined)
+          throw this.error('unavailable', digest, `ended after ${body.position} bytes`, 200)
+        const skip = start - body.position
+        if (chunk.byteLength > skip) body.unread(chunk.subarray(skip))
+        body.position += Math.min(skip, chunk.byteLength)
+        if (performance.now() - signOfLifeAt >= 1000) {
+          signOfLifeAt = performance.now()
+          yield new Uint8Array(0)
+        }
+      }
+      while (body.position < end) {
+        const chunk = await body.next()
+        if (chunk === undefined)
+          throw this.error(
+            'unavailable',
+            digest,
+            `ended after ${body.position - start} of ${end - start} bytes`,
+            200,
+          )
+        const room = end - body.position
+        if (chunk.byteLength > room) body.unread(chunk.subarray(room))
+        body.position += Math.min(room, chunk.byteLength)
+        yield chunk.byteLength > room ? chunk.subarray(0, room) : chunk
+      }
+    } catch (error) {
+      if (isAbortError(error) || ByteSourceError.isInstance(error)) throw error
+      throw this.networkError(error, digest)
+    }
+  }
+
+  /** A whole-file answer must be the artifact's size, when both are known. */
+  private checkWholeFileLength(response: ResponseHead, digest: string | undefined): void {
+    const length = header(response, 'content-length')
+    const expected = this.options.expectedSize
+    if (expected !== undefined && length !== undefined && Number(length) !== expected)
+      throw this.error(
+        'range-not-satisfiable',
+        digest,
+        `answered 200 with ${length} bytes, not the ${expected} the manifest says`,
+        200,
+      )
+  }
+
+  /** Closes the whole-file answer a read left open, if any. */
+  close(): void {
+    this.idleBody?.close()
+    this.idleBody = undefined
   }
 
   /** A range request through the reused-buffer sockets when they take it, through undici otherwise. */
@@ -432,6 +573,55 @@ export class HttpSource implements ByteSource {
       message: `${this.id} ${what}`,
     })
   }
+}
+
+/**
+ * A whole-file answer (200) read across range requests: it knows where it stands in the file, and
+ * what is left of the chunk a range ended in (valid until the body is read on).
+ */
+class WholeFileBody {
+  /** Where in the file the next byte the body gives lies. */
+  position = 0
+  private readonly chunks: AsyncIterator<Uint8Array>
+  private rest: Uint8Array | undefined
+
+  constructor(
+    private readonly response: RangeResponse,
+    /** Stops the answer (its own signal), when it has one that outlives a read. */
+    readonly stop?: AbortController,
+  ) {
+    this.chunks = response.body[Symbol.asyncIterator]()
+  }
+
+  /** The next bytes, or undefined at the end of the answer. */
+  async next(): Promise<Uint8Array | undefined> {
+    const rest = this.rest
+    if (rest !== undefined) {
+      this.rest = undefined
+      return rest
+    }
+    const { done, value } = await this.chunks.next()
+    return done ? undefined : value
+  }
+
+  /** Gives back bytes taken but not used: `next()` returns them first. */
+  unread(bytes: Uint8Array): void {
+    this.rest = bytes
+  }
+
+  close(): void {
+    this.rest = undefined
+    this.response.close()
+  }
+}
+
+/** Aborts `controller` when `signal` aborts, until the returned function is called. */
+function abortWith(signal: AbortSignal | undefined, controller: AbortController | undefined) {
+  if (signal === undefined || controller === undefined) return () => {}
+  const onAbort = () => controller.abort(signal.reason)
+  if (signal.aborted) onAbort()
+  else signal.addEventListener('abort', onAbort, { once: true })
+  return () => signal.removeEventListener('abort', onAbort)
 }
 
 /** Closes a body not read to its end; the error undici then raises has nobody left to hear it. */
