@@ -55,6 +55,11 @@ export type SwarmProgressEvent =
       { digest: string; peer: string; reason: string; piece: number }
     >
   | ProgressEvent<'p2p:peer-snubbed', { digest: string; peer: string; reason: string }>
+  /**
+   * Every missing piece is requested (or being written): from now on the last ones are also asked
+   * of other peers. Once per download.
+   */
+  | ProgressEvent<'p2p:endgame', { digest: string; verified: number; pieces: number }>
 
 export interface SwarmDownloadOptions extends ProgressOptions<SwarmProgressEvent> {
   node: PeerNode
@@ -261,6 +266,7 @@ export async function downloadFromPeers(
   let firstPeer = 0
   /** Pieces with the writing thread, not verified yet: none is asked for again meanwhile. */
   const writing = new Set<number>()
+  let endgameReported = false
   const banned: SwarmDownloadResult['banned'] = []
   let wastedPieces = 0
   let lastProgressAt = performance.now()
@@ -343,6 +349,10 @@ export async function downloadFromPeers(
     let beingWritten = 0
     for (const index of writing) if (!requests.has(index)) beingWritten++
     const endgame = requests.size + beingWritten >= pieces - have.count
+    if (endgame && !endgameReported) {
+      endgameReported = true
+      emitProgress(options, 'p2p:endgame', { digest, verified: have.count, pieces })
+    }
     // Level by level: every peer up to one request, then up to two, and so on, each up to its
     // window, so that when the cap over all peers (`maxRequests`) binds, it is shared evenly and
     // no peer sits idle while another holds two. Each pump starts with another peer. Peers still
@@ -485,6 +495,7 @@ export async function downloadFromPeers(
           return
         }
         have.set(index)
+        writing.delete(index)
         lastProgressAt = performance.now()
         peer.piecesServed++
         peer.failuresInARow = 0

@@ -194,6 +194,30 @@ describe('swarm download over real libp2p nodes', () => {
       )
   })
 
+  it('starts the endgame only once every missing piece is requested, not when half are verified', async () => {
+    const seeds = [await seed(), await seed()]
+    const leecher = await node()
+    const endgames: Array<{ verified: number; pieces: number }> = []
+    const path = at('endgame')
+    await downloadFromPeers({
+      node: leecher,
+      peers: seeds.map((peer) => peer.addresses),
+      pieceIndex,
+      path,
+      maxInFlightPerPeer: 2,
+      onProgress: (event) => {
+        if (event.type === 'p2p:endgame') endgames.push(event.detail)
+      },
+    })
+    expect(Buffer.from(await readFile(path)).equals(Buffer.from(blob))).toBe(true)
+    // Two requests per peer at most, each counted until its piece is verified: the endgame comes
+    // with at most 4 pieces missing. (Verified pieces once counted as "being written", which
+    // started it half-way and let a peer be asked again for pieces another was serving.)
+    expect(endgames).toHaveLength(1)
+    expect(endgames[0]!.verified).toBeGreaterThanOrEqual(pieces - 4)
+    expect(endgames[0]!.pieces).toBe(pieces)
+  })
+
   it('keeps at most the bytes it is allowed in flight per peer', async () => {
     const server = await seed()
     const leecher = await node()
