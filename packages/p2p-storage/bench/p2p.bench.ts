@@ -24,14 +24,14 @@
  *
  * Writes bench/results/p2p.json and the table in README.md after a complete run (not --smoke).
  */
-import { type ChildProcess, fork } from 'node:child_process'
+import { type ChildProcess, execFile, fork } from 'node:child_process'
 import { createWriteStream } from 'node:fs'
 import { mkdir, open, readFile, rm, writeFile } from 'node:fs/promises'
 import { connect } from 'node:net'
 import { cpus, tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { monitorEventLoopDelay } from 'node:perf_hooks'
-import { parseArgs } from 'node:util'
+import { parseArgs, promisify } from 'node:util'
 import { tuneHeapForTransfers } from '@llmesh/downloader'
 import { createManifest, type PieceIndexDocument } from '@llmesh/manifest'
 import { Bitfield, createPeerNode, type PeerNode, StoreBlobProvider } from '@llmesh/p2p-storage'
@@ -128,6 +128,31 @@ async function startPeer(setup: Record<string, unknown>): Promise<Ready> {
     (resolve) => child.once('message', resolve as never),
   )
   return { child, ...ready }
+}
+
+/**
+ * Seconds `dd` takes to write the file's size to a fresh file in `folder` (where the leechers
+ * write) in 1 MiB writes past the page cache, as llmesh's writer does: the disk's own rate, the
+ * anchor of what writing alone allows. Undefined where the filesystem refuses O_DIRECT.
+ */
+async function diskWriteSeconds(): Promise<number | undefined> {
+  const target = join(folder, 'disk-anchor.bin')
+  await rm(target, { force: true })
+  const started = performance.now()
+  try {
+    await promisify(execFile)('dd', [
+      'if=/dev/zero',
+      `of=${target}`,
+      'bs=1M',
+      `count=${sizeMiB}`,
+      'oflag=direct',
+    ])
+    return (performance.now() - started) / 1000
+  } catch {
+    return undefined
+  } finally {
+    await rm(target, { force: true })
+  }
 }
 
 function request<T>(
@@ -399,6 +424,7 @@ try {
       const bare = receiverFigures()
       const bareVerified = receiverFigures()
       const tcpSeconds: number[] = []
+      const diskSeconds: number[] = []
       for (let run = 0; run < (smoke ? 1 : Number(values.runs)); run++) {
         await warmSeed('leecher', seed, { encryption })
         await measureReceiver('llmesh', seed, encryption, run, llmesh)
@@ -422,6 +448,8 @@ try {
           socket.on('error', reject)
         })
         tcpSeconds.push((performance.now() - started) / 1000)
+        const disk = await diskWriteSeconds()
+        if (disk !== undefined) diskSeconds.push(disk)
       }
       seed.child.kill()
       /** Medians in a new process (cold) and in one that moved the file already (warm). */
@@ -469,6 +497,8 @@ try {
         warmBareVerifiedRatioToBareLibp2p: bareSeconds.warm / bareVerifiedSeconds.warm,
         warmRatioToBareVerified: bareVerifiedSeconds.warm / llmeshSeconds.warm,
         rawTcpSeconds: median(tcpSeconds),
+        // The disk alone: a verified download's rate is at most its write rate.
+        diskWriteSeconds: diskSeconds.length === 0 ? undefined : median(diskSeconds),
         coresBusy: median(llmesh.coresBusy),
         bareCoresBusy: median(bare.coresBusy),
         bareVerifiedCoresBusy: median(bareVerified.coresBusy),
@@ -479,7 +509,7 @@ try {
           bareVerifiedRatioToBareLibp2p:
             cpu.bare.busiestMainThread / cpu.bareVerified.busiestMainThread,
         },
-        runs: { llmesh, bare, bareVerified, tcpSeconds },
+        runs: { llmesh, bare, bareVerified, tcpSeconds, diskSeconds },
       }
       transfers[encryption] = transfer
       if (encryption === 'tls')
@@ -491,6 +521,10 @@ try {
         `| the same bare ${encryptionName} stream, each piece verified and written by llmesh's writer, no protocol (what checking and writing leave of the bare rate) | the leecher above: ${transfer.ratioToBareVerified.toFixed(2)} of this rate (${transfer.warmRatioToBareVerified.toFixed(2)}) | bare stream verified and written ${rate(size, transfer.bareVerifiedSeconds)} (${rate(size, transfer.warmBareVerifiedSeconds)}); ${transfer.bareVerifiedCoresBusy.toFixed(1)} cores busy | ${transfer.bareVerifiedRatioToBareLibp2p.toFixed(2)} of bare libp2p (${transfer.warmBareVerifiedRatioToBareLibp2p.toFixed(2)}) | reported |`,
         `| CPU seconds of the main threads, ${sizeMiB} MiB in a new process (${encryptionName}): where each thread has a core of its own, the busiest bounds the rate | leecher ${cpu.llmesh.receiverMainThread.toFixed(2)} s, seed ${cpu.llmesh.seedMainThread.toFixed(2)} s | bare stream: receiver ${cpu.bare.receiverMainThread.toFixed(2)} s, seed ${cpu.bare.seedMainThread.toFixed(2)} s; verified and written: receiver ${cpu.bareVerified.receiverMainThread.toFixed(2)} s | ${transfer.mainThreadBound.ratioToBareLibp2p.toFixed(2)} of bare libp2p (verified and written, no protocol: ${transfer.mainThreadBound.bareVerifiedRatioToBareLibp2p.toFixed(2)}); an estimate for larger machines | reported |`,
       )
+      if (encryption === 'tls' && transfer.diskWriteSeconds !== undefined)
+        rows.push(
+          `| the disk the leechers write to: ${sizeMiB} MiB to a fresh file in writes of 1 MiB past the page cache, as llmesh's writer does (no verified download is faster) | the leecher above (TLS): ${(transfer.diskWriteSeconds / transfer.swarmSeconds).toFixed(2)} of this rate | \`dd oflag=direct\` ${rate(size, transfer.diskWriteSeconds)} | ${(transfer.bareLibp2pSeconds / transfer.diskWriteSeconds).toFixed(2)} of the bare TLS stream | reported |`,
+        )
     }
 
     // The same over TLS in larger pieces, against the bare stream measured above: 4 MiB, the
