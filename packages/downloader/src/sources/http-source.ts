@@ -112,9 +112,7 @@ export class HttpSource implements ByteSource {
     const { statusCode } = response
     let finished = false
     try {
-      this.checkStatus(statusCode, response, digest)
-      this.checkContentType(response, digest)
-      this.checkEtag(response, digest)
+      this.checkAnswer(response, digest)
       if (statusCode === 200) {
         // The whole file, from its first byte: this range is cut out of it, and the reads after
         // it go through an answer of their own, kept open between them.
@@ -160,53 +158,48 @@ export class HttpSource implements ByteSource {
    * The answer is kept for the next read once this range is out of it.
    */
   private async *readFromWholeFile(request: ByteRangeRequest): AsyncGenerator<Uint8Array> {
-    const { digest, start, signal } = request
     let body = this.idleBody
     this.idleBody = undefined
-    if (body === undefined || body.position > start) {
-      body?.close()
-      const headers: Record<string, string> = {}
-      if (this.etag !== undefined) headers['if-match'] = this.etag
-      // The answer outlives this read: it stops with its own signal, which this read's aborts
-      // only while the read lasts.
-      const stop = new AbortController()
-      const unlink = abortWith(signal, stop)
-      try {
-        const response = await this.openRange(headers, digest, stop.signal)
-        try {
-          this.checkStatus(response.statusCode, response, digest)
-          this.checkContentType(response, digest)
-          this.checkEtag(response, digest)
-          if (response.statusCode !== 200)
-            throw this.error(
-              'misbehaved',
-              digest,
-              `answered ${response.statusCode} to a request for the whole file`,
-              response.statusCode,
-            )
-          this.checkWholeFileLength(response, digest)
-        } catch (error) {
-          response.close()
-          throw error
-        }
-        body = new WholeFileBody(response, stop)
-      } catch (error) {
-        if (isAbortError(error) || ByteSourceError.isInstance(error)) throw error
-        throw this.networkError(error, digest)
-      } finally {
-        unlink()
-      }
+    if (body !== undefined && body.position > request.start) {
+      body.close()
+      body = undefined
     }
-    const unlink = abortWith(signal, body.stop)
+    // The answer outlives this read: it stops with its own signal, which this read's aborts only
+    // while the read lasts.
+    const stop = body?.stop ?? new AbortController()
+    const unlink = abortWith(request.signal, stop)
     let keep = false
     try {
+      body ??= await this.openWholeFile(request.digest, stop)
       yield* this.cutRange(body, request)
       keep = body.position < (this.options.expectedSize ?? Number.POSITIVE_INFINITY)
     } finally {
       unlink()
-      if (keep) this.keepIdle(body)
-      else body.close()
+      if (keep) this.keepIdle(body!)
+      else body?.close()
     }
+  }
+
+  /** Asks a server that ignores Range for the whole file: an answer checked as any, and its size. */
+  private async openWholeFile(digest: string, stop: AbortController): Promise<WholeFileBody> {
+    const headers: Record<string, string> = {}
+    if (this.etag !== undefined) headers['if-match'] = this.etag
+    const response = await this.openRange(headers, digest, stop.signal)
+    try {
+      this.checkAnswer(response, digest)
+      if (response.statusCode !== 200)
+        throw this.error(
+          'misbehaved',
+          digest,
+          `answered ${response.statusCode} to a request for the whole file`,
+          response.statusCode,
+        )
+      this.checkWholeFileLength(response, digest)
+    } catch (error) {
+      response.close()
+      throw error
+    }
+    return new WholeFileBody(response, stop)
   }
 
   /** Keeps one whole-file answer open between reads: the one furthest on, since reads come in order. */
@@ -433,6 +426,13 @@ export class HttpSource implements ByteSource {
     Object.assign(headers, this.options.headers)
     if (this.options.token !== undefined) headers.authorization = `Bearer ${this.options.token}`
     return headers
+  }
+
+  /** What every answer to a read must pass: its status, that it is no HTML page, its ETag. */
+  private checkAnswer(response: ResponseHead, digest: string | undefined): void {
+    this.checkStatus(response.statusCode, response, digest)
+    this.checkContentType(response, digest)
+    this.checkEtag(response, digest)
   }
 
   private checkStatus(
