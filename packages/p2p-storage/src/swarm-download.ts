@@ -534,6 +534,17 @@ export async function downloadFromPeers(
           ban(peer, error.message, index)
           return
         }
+        // "Busy" while the peer still serves other requests of ours is its cap on uploads, not a
+        // failure: the window comes down to the requests it took, and no pause follows. (Counted
+        // as failures, a window over the cap brought a burst of them, and a backoff of up to 10 s.)
+        if (
+          PeerError.isInstance(error) &&
+          error.code === 'LLMESH_PEER_BUSY' &&
+          peer.inFlight.size > 1
+        ) {
+          peer.window = Math.min(peer.window, peer.inFlight.size - 1)
+          return
+        }
         peer.failuresInARow++
         peer.lastFailure = error instanceof Error ? error.message : String(error)
         if (timedOut) {

@@ -218,6 +218,53 @@ describe('swarm download over real libp2p nodes', () => {
     expect(endgames[0]!.pieces).toBe(pieces)
   })
 
+  it('brings its window down to a seed\'s cap on uploads when the seed answers "busy", without pausing', async () => {
+    // A disk that takes a few milliseconds per read, so that uploads overlap at the seed.
+    class SlowDisk extends StoreBlobProvider {
+      override async lookup(digest: string) {
+        const served = await super.lookup(digest)
+        if (served === undefined) return undefined
+        return {
+          ...served,
+          read: async (start: number, end: number) => {
+            await new Promise((resolve) => setTimeout(resolve, 5))
+            return served.read(start, end)
+          },
+        }
+      }
+    }
+    const server = await seed({ provider: new SlowDisk(), limits: { concurrentUploads: 2 } })
+    const leecher = await node()
+    let busy = 0
+    const piece = leecher.piece.bind(leecher)
+    leecher.piece = async (...request) => {
+      try {
+        return await piece(...request)
+      } catch (error) {
+        if (PeerError.isInstance(error) && error.code === 'LLMESH_PEER_BUSY') busy++
+        throw error
+      }
+    }
+    const verifiedAt: number[] = []
+    const path = at('busy')
+    await downloadFromPeers({
+      node: leecher,
+      peers: [server.addresses],
+      pieceIndex,
+      path,
+      maxInFlightPerPeer: 8,
+      onProgress: (event) => {
+        if (event.type === 'p2p:piece-verified') verifiedAt.push(performance.now())
+      },
+    })
+    expect(Buffer.from(await readFile(path)).equals(Buffer.from(blob))).toBe(true)
+    expect(busy).toBeGreaterThan(0)
+    // Counted as failures, a few "busy" answers in a row kept the seed unused for 250 ms times 2
+    // to the power of their number (2 s after three); now the next piece follows at once.
+    const longestGap = Math.max(...verifiedAt.slice(1).map((at, index) => at - verifiedAt[index]!))
+    expect(longestGap).toBeLessThan(1000)
+  })
+
   it('keeps at most the bytes it is allowed in flight per peer', async () => {
     const server = await seed()
     const leecher = await node()
