@@ -118,6 +118,25 @@ class RecordingProvider extends StoreBlobProvider {
   }
 }
 
+/** A store provider whose every read of a served blob first waits for `beforeRead()`: a slow disk. */
+class SlowDisk extends StoreBlobProvider {
+  constructor(private readonly beforeRead: () => Promise<unknown>) {
+    super()
+  }
+
+  override async lookup(digest: string): Promise<ServedBlob | undefined> {
+    const served = await super.lookup(digest)
+    if (served === undefined) return undefined
+    return {
+      ...served,
+      read: async (start: number, end: number) => {
+        await this.beforeRead()
+        return served.read(start, end)
+      },
+    }
+  }
+}
+
 function at(name: string): string {
   return join(directory.path, `${name}-${Math.random().toString(36).slice(2)}`)
 }
@@ -220,20 +239,8 @@ describe('swarm download over real libp2p nodes', () => {
 
   it('brings its window down to a seed\'s cap on uploads when the seed answers "busy", without pausing', async () => {
     // A disk that takes a few milliseconds per read, so that uploads overlap at the seed.
-    class SlowDisk extends StoreBlobProvider {
-      override async lookup(digest: string) {
-        const served = await super.lookup(digest)
-        if (served === undefined) return undefined
-        return {
-          ...served,
-          read: async (start: number, end: number) => {
-            await new Promise((resolve) => setTimeout(resolve, 5))
-            return served.read(start, end)
-          },
-        }
-      }
-    }
-    const server = await seed({ provider: new SlowDisk(), limits: { concurrentUploads: 2 } })
+    const slowDisk = new SlowDisk(() => new Promise((resolve) => setTimeout(resolve, 5)))
+    const server = await seed({ provider: slowDisk, limits: { concurrentUploads: 2 } })
     const leecher = await node()
     let busy = 0
     const piece = leecher.piece.bind(leecher)
@@ -853,21 +860,11 @@ describe('swarm download over real libp2p nodes', () => {
       reading = resolve
     })
     // The disk under the seed is slow: its first read waits until the test lets it go.
-    class SlowDisk extends StoreBlobProvider {
-      override async lookup(digest: string) {
-        const served = await super.lookup(digest)
-        if (served === undefined) return undefined
-        return {
-          ...served,
-          read: async (start: number, end: number) => {
-            reading()
-            await gate
-            return served.read(start, end)
-          },
-        }
-      }
-    }
-    const server = await seed({ provider: new SlowDisk(), limits: { concurrentUploads: 1 } })
+    const slowDisk = new SlowDisk(() => {
+      reading()
+      return gate
+    })
+    const server = await seed({ provider: slowDisk, limits: { concurrentUploads: 1 } })
     const client = await node()
     const first = client.piece(server.addresses, pieceIndex.sha256, 0)
     await firstRead
