@@ -78,8 +78,14 @@ export interface ByteRangeRequest extends AbortOptions {
 export type ByteSourceFailure =
   /** The source does not have this blob: ask another one, not this one. */
   | 'not-found'
-  /** Temporary trouble (network, 5xx, 429, busy peer): this source may work later, others now. */
+  /** Temporary trouble (network, 5xx, a 429 with Retry-After): this source may work later, others now. */
   | 'unavailable'
+  /**
+   * The source works but is at its cap on requests at once (a peer at its cap on uploads, a 503
+   * or 429 without Retry-After): while it serves other requests of the caller, that many is what
+   * it takes now; with none of the caller's, it is as `unavailable`.
+   */
+  | 'busy'
   /** The range lies outside the blob: a caller bug or wrong size; nobody will serve it. */
   | 'range-not-satisfiable'
   /** The source answered with something that is not the blob (wrong size, HTML page, bad bytes). */
@@ -92,6 +98,7 @@ const byteSourceMarker = Symbol.for('llmesh.error.ByteSourceError')
 const codes: Record<ByteSourceFailure, string> = {
   'not-found': 'LLMESH_SOURCE_NOT_FOUND',
   unavailable: 'LLMESH_SOURCE_UNAVAILABLE',
+  busy: 'LLMESH_SOURCE_BUSY',
   'range-not-satisfiable': 'LLMESH_RANGE_NOT_SATISFIABLE',
   misbehaved: 'LLMESH_SOURCE_MISBEHAVED',
   forbidden: 'LLMESH_SOURCE_FORBIDDEN',
@@ -124,7 +131,7 @@ export class ByteSourceError extends LlmeshError {
       code: codes[options.failure],
       message: options.message,
       cause: options.cause,
-      isRetryable: options.failure === 'unavailable',
+      isRetryable: options.failure === 'unavailable' || options.failure === 'busy',
     })
     this.name = 'ByteSourceError'
     this.failure = options.failure

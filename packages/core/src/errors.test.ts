@@ -60,6 +60,11 @@ describe('ByteSourceError', () => {
     const make = (failure: ByteSourceError['failure']) =>
       new ByteSourceError({ failure, source: 's', message: failure })
     expect(make('unavailable')).toMatchObject({ isRetryable: true, tryElsewhere: true })
+    expect(make('busy')).toMatchObject({
+      isRetryable: true,
+      tryElsewhere: true,
+      code: 'LLMESH_SOURCE_BUSY',
+    })
     expect(make('not-found')).toMatchObject({
       isRetryable: false,
       tryElsewhere: true,

@@ -944,10 +944,18 @@ export async function downloadBlob(options: DownloadBlobOptions): Promise<Downlo
 
   function onFailure(state: SourceState, piece: number, error: unknown): void {
     if (error instanceof Superseded || (isAbortError(error) && signal?.aborted)) return
-    state.attempt.failures++
-    const now = performance.now()
     const failure = ByteSourceError.isInstance(error) ? error.failure : 'unavailable'
     const message = error instanceof Error ? error.message : String(error)
+    if (failure === 'busy' && state.active > 0) {
+      // At its cap while it serves other requests of ours: that many is what it takes now. Not a
+      // failure: a pause here would idle a source that works (one at its cap is asked for more
+      // than it takes at every growth of its window).
+      state.allowed = Math.min(state.allowed, state.active)
+      log('%s is busy (piece %d): %d at once from now on', state.source.id, piece, state.allowed)
+      return
+    }
+    state.attempt.failures++
+    const now = performance.now()
     state.attempt.error = { code: errorCode(error), message }
     emitProgress(options, 'download:source-failed', {
       sha256: expected,
@@ -957,7 +965,8 @@ export async function downloadBlob(options: DownloadBlobOptions): Promise<Downlo
       message,
     })
     log('%s failed on piece %d: %s', state.source.id, piece, message)
-    if (failure === 'unavailable') {
+    // Busy with none of our requests there: others hold it, so it may take some again later.
+    if (failure === 'unavailable' || failure === 'busy') {
       state.consecutiveFailures++
       state.allowed = Math.max(1, Math.floor(state.allowed / 2))
       state.retryAt =

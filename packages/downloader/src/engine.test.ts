@@ -64,9 +64,9 @@ describe('engine', () => {
       fault: { kind: 'stall-mid-body', afterBytes },
       coversOffset: last * PIECE_SIZE,
     })
-    // Should the second mirror be asked first, it answers 503 once, so the first one gets it.
+    // Should the second mirror be asked first, it answers 502 once, so the first one gets it.
     fixture.mirrors[1]!.inject({
-      fault: { kind: 'status', status: 503 },
+      fault: { kind: 'status', status: 502 },
       coversOffset: last * PIECE_SIZE,
       times: 1,
     })

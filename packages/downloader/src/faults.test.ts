@@ -94,14 +94,38 @@ describe('faults from a single mirror', () => {
     expect(after.length).toBeGreaterThan(0)
   })
 
-  it('retries 503 answers with backoff', async () => {
+  it('retries 502 answers with backoff', async () => {
     fixture = await createFixture({
       mirrors: 1,
-      mirror: { faults: [{ fault: { kind: 'status', status: 503 }, times: 3 }] },
+      mirror: { faults: [{ fault: { kind: 'status', status: 502 }, times: 3 }] },
     })
     await fixture.downloader.pull(fixture.manifestPath)
     await expectVerifiedBlob(fixture.store, fixture.sha256, fixture.data)
-    expect(fixture.mirrors[0]!.requests.filter((request) => request.status === 503)).toHaveLength(3)
+    expect(fixture.mirrors[0]!.requests.filter((request) => request.status === 502)).toHaveLength(3)
+  })
+
+  it('asks a mirror at its cap on requests at once (503 without Retry-After) for no more, with no pause', async () => {
+    // nginx's limit_conn: 2 requests at once, each piece 375 ms past its first 64 KiB, where the
+    // download starts with 8 requests to the mirror.
+    fixture = await createFixture({
+      mirrors: 1,
+      pieceSize: 256 * 1024,
+      mirror: { maxConcurrentRequests: 2, bytesPerSecondPerConnection: 512 * 1024 },
+      downloader: { initialConnectionsPerSource: 8 },
+    })
+    const events: DownloadProgressEvent[] = []
+    await fixture.downloader.pull(fixture.manifestPath, {
+      onProgress: (event) => events.push(event),
+    })
+    await expectVerifiedBlob(fixture.store, fixture.sha256, fixture.data)
+    expect(
+      fixture.mirrors[0]!.requests.filter((request) => request.status === 503).length,
+    ).toBeGreaterThan(0)
+    // Each "busy" answer came while the mirror served others of ours: no failure, no pause (each
+    // halved the requests and paused the mirror 200 ms, doubling, before).
+    expect(events.filter((event) => event.type === 'download:source-failed')).toEqual([])
+    const attempt = fixture.store.index.attempts(fixture.sha256)[0]
+    expect(attempt).toMatchObject({ outcome: 'ok', failures: 0 })
   })
 
   it('reads a mirror that answers 200 to range requests front to back when it is the only one', async () => {
@@ -170,10 +194,10 @@ describe('faults from one of two mirrors', () => {
       fault: { kind: 'corrupt', offset: badPiece * PIECE_SIZE + 100 },
       coversOffset: badPiece * PIECE_SIZE + 100,
     })
-    // If the honest mirror is asked for piece 5 first, it answers 503 once and backs off, so
+    // If the honest mirror is asked for piece 5 first, it answers 502 once and backs off, so
     // the liar always serves piece 5 at least once.
     fixture.mirrors[1]!.inject({
-      fault: { kind: 'status', status: 503 },
+      fault: { kind: 'status', status: 502 },
       coversOffset: badPiece * PIECE_SIZE,
       times: 1,
     })

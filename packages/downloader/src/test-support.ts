@@ -49,8 +49,10 @@ export async function createFixture({
   downloader: downloaderOptions = {},
   mirrorUrls,
   seed = 1,
+  pieceSize = PIECE_SIZE,
 }: {
   size?: number
+  pieceSize?: number
   mirrors?: number
   mirror?: Partial<MirrorOptions>
   downloader?: Partial<DownloaderOptions>
@@ -73,7 +75,7 @@ export async function createFixture({
       },
     ],
     manifest: { id: 'acme/tiny', version: '1.0.0', license: { id: 'apache-2.0' } },
-    pieceSize: PIECE_SIZE,
+    pieceSize,
     allowInsecureMirrors: true,
   })
   const manifestPath = join(directory.path, 'published', 'tiny.manifest.json')

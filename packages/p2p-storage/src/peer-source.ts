@@ -123,15 +123,19 @@ export class PeerByteSource implements ByteSource {
         )
         holder.failures = 0
       } catch (error) {
-        if (++holder.failures >= 3) {
+        const code = PeerError.isInstance(error) ? error.code : undefined
+        // A peer at its cap on uploads works: the downloader asks this source for fewer at once.
+        if (code !== 'LLMESH_PEER_BUSY' && ++holder.failures >= 3) {
           holder.failures = 0
           holder.passedOverUntil = performance.now() + PASS_OVER_MS
         }
         throw new ByteSourceError({
           failure:
-            PeerError.isInstance(error) && error.code === 'LLMESH_PEER_PROTOCOL'
+            code === 'LLMESH_PEER_PROTOCOL'
               ? 'misbehaved'
-              : 'unavailable',
+              : code === 'LLMESH_PEER_BUSY'
+                ? 'busy'
+                : 'unavailable',
           source: this.id,
           digest,
           message: `Peer ${peerIdOf(holder.address)} did not deliver piece ${index}: ${error instanceof Error ? error.message : String(error)}`,

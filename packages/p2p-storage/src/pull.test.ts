@@ -1,6 +1,7 @@
 import { createHash, randomBytes } from 'node:crypto'
 import { readFile, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
+import { type ByteRangeRequest, ByteSourceError } from '@llmesh/core'
 import { createDownloader, FileSource, ModelStore } from '@llmesh/downloader'
 import { createManifest } from '@llmesh/manifest'
 import { createTempDir, startMirror, type TempDir, writeTinyGguf } from '@llmesh/testkit'
@@ -61,6 +62,58 @@ describe('peers in a pull', () => {
       } finally {
         await third.stop()
       }
+    } finally {
+      await downloader.close()
+      await leecher.stop()
+      await seed.stop()
+      store.close()
+      seedStore.close()
+    }
+  })
+  it('keeps asking a seed at its cap on uploads, for no more pieces at once than it takes', async () => {
+    const size = 4 * 1024 * 1024
+    const file = join(directory.path, 'busy-seed.bin')
+    await writeFile(file, randomBytes(size))
+    // A mirror far slower than the seed (8 connections of 64 KiB/s: 8 s for the file alone).
+    await using mirror = await startMirror({
+      files: { '/model.bin': file },
+      bytesPerSecondPerConnection: 64 * 1024,
+    })
+    const { manifest, pieceIndexes } = await createManifest({
+      files: [{ file, path: 'model.bin', mirrors: [`${mirror.url}/model.bin`] }],
+      manifest: { id: 'acme/busy-seed', version: '1.0.0', license: { id: 'mit' } },
+      pieceSize: 32 * 1024,
+      allowInsecureMirrors: true,
+    })
+    const seedStore = await ModelStore.open({ root: join(directory.path, 'busy-seed-store') })
+    const seedDownloader = createDownloader({ store: seedStore, allowInsecureMirrors: true })
+    await seedDownloader.pull(manifest, { pieceIndexes, sources: [new FileSource(file)] })
+    await seedDownloader.close()
+    // Two uploads at once, where the pull starts with 8 requests per source: 6 "busy" answers.
+    const seed = await createPeerNode({ store: seedStore, limits: { concurrentUploads: 2 } })
+    const store = await ModelStore.open({ root: join(directory.path, 'busy-leecher-store') })
+    const leecher = await createPeerNode({ store })
+    const peers = new BusyCountingSource(leecher, [seed.addresses])
+    const downloader = createDownloader({
+      store,
+      allowInsecureMirrors: true,
+      initialConnectionsPerSource: 8,
+      extraSources: () => [peers],
+    })
+    const dropped: string[] = []
+    try {
+      const result = await downloader.pull(manifest, {
+        pieceIndexes,
+        onProgress: (event) => {
+          if (event.type === 'download:source-dropped') dropped.push(event.detail.source)
+        },
+      })
+      expect(result.files[0]!.sha256).toBe(manifest.artifacts[0]!.sha256)
+      expect(peers.busyAnswers).toBeGreaterThan(0)
+      // "Busy" is no failure: the seed stays in use and serves most of the file. Counted as
+      // failures, the answers paused it for up to 6.4 s, and it sent 2 pieces of 128.
+      expect(dropped).toEqual([])
+      expect(seed.uploaded.get(leecher.peerId.toString()) ?? 0).toBeGreaterThan(size / 2)
     } finally {
       await downloader.close()
       await leecher.stop()
@@ -221,3 +274,17 @@ describe('peers in a pull', () => {
     }
   })
 })
+
+/** The peers of a pull, counting their "busy" answers (what the downloader sees of them). */
+class BusyCountingSource extends PeerByteSource {
+  busyAnswers = 0
+
+  override async *read(request: ByteRangeRequest): AsyncIterable<Uint8Array> {
+    try {
+      yield* super.read(request)
+    } catch (error) {
+      if (ByteSourceError.isInstance(error) && error.failure === 'busy') this.busyAnswers++
+      throw error
+    }
+  }
+}

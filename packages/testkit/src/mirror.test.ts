@@ -119,6 +119,26 @@ describe('startMirror', () => {
     },
   )
 
+  it('answers 503 past its cap on requests at once, as nginx limit_conn does', async () => {
+    mirror = await startMirror({
+      files: { '/model.gguf': data },
+      maxConcurrentRequests: 1,
+      bytesPerSecondPerConnection: 1024,
+    })
+    // The first answer's body comes at 1 KiB/s: it is being served while the second arrives.
+    const first = await fetch(mirror.urlOf('/model.gguf'))
+    expect(first.status).toBe(200)
+    const refused = await get('/model.gguf', { range: 'bytes=0-9' })
+    expect(refused.response.status).toBe(503)
+    expect(refused.response.headers.get('retry-after')).toBeNull()
+    await first.body!.cancel()
+    await vi.waitFor(
+      async () =>
+        expect((await get('/model.gguf', { range: 'bytes=0-9' })).response.status).toBe(206),
+      { timeout: 5_000 },
+    )
+  })
+
   it('serves https with the test certificate', async () => {
     mirror = await startMirror({
       files: { '/model.gguf': data },

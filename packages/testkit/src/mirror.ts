@@ -70,6 +70,11 @@ export interface MirrorOptions {
   faults?: MirrorFaultRule[]
   /** Serve https with this key and certificate (see `testTlsKey` / `testTlsCertificate`). */
   tls?: { key: string; cert: string }
+  /**
+   * Answers 503 (no `Retry-After`) to a request that arrives while this many are being served,
+   * as nginx's `limit_conn` does.
+   */
+  maxConcurrentRequests?: number
 }
 
 /** One request the mirror saw, for assertions: what was asked, with which headers, what went out. */
@@ -124,6 +129,7 @@ export async function startMirror(options: MirrorOptions): Promise<Mirror> {
   const requests: MirrorRequestRecord[] = []
   let bodyBytesSent = 0
   let connections = 0
+  let serving = 0
   const connectionIds = new WeakMap<Socket, number>()
   const connectionBytes = new WeakMap<Socket, number>()
   /** Per-connection token buckets: the cap holds across all requests a connection carries. */
@@ -199,6 +205,12 @@ export async function startMirror(options: MirrorOptions): Promise<Mirror> {
         ...headers,
       })
       response.end(body)
+    }
+    if (options.maxConcurrentRequests !== undefined) {
+      if (serving >= options.maxConcurrentRequests)
+        return answer(503, { 'content-type': 'text/plain' }, 'too many requests at once\n')
+      serving++
+      response.once('close', () => serving--)
     }
     if (file === undefined) return answer(404, { 'content-type': 'text/plain' }, 'not found\n')
     if (request.method !== 'GET' && request.method !== 'HEAD')

@@ -470,6 +470,15 @@ export class HttpSource implements ByteSource {
         'answered 416: it holds a file of another size',
         statusCode,
       )
+    // A 429 or 503 that names no time to wait is a server at its cap on requests at once (nginx's
+    // limit_conn answers 503): it serves fewer, with no pause.
+    if ((statusCode === 429 || statusCode === 503) && retryAfterMs === undefined)
+      throw this.error(
+        'busy',
+        digest,
+        `answered ${statusCode}: too many requests at once`,
+        statusCode,
+      )
     if (RETRYABLE_STATUSES.has(statusCode) || statusCode >= 500)
       throw this.error(
         'unavailable',
