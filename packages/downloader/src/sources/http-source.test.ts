@@ -105,3 +105,33 @@ describe.each([
     expect(mirror.requests.filter((request) => request.method === 'GET')).toHaveLength(3)
   })
 })
+
+describe('HttpSource answers', () => {
+  it('calls a 429 or 503 without Retry-After busy, and one with it unavailable for that long', async () => {
+    const mirror = await startMirror({ files: { '/model.bin': data } })
+    open.push(mirror)
+    const source = new HttpSource({
+      url: mirror.urlOf('/model.bin'),
+      expectedSize: data.byteLength,
+    })
+    open.push(source)
+    const failureOf = async () => {
+      try {
+        await read(source, 0, PIECE)
+      } catch (error) {
+        if (ByteSourceError.isInstance(error)) return [error.failure, error.retryAfterMs]
+        throw error
+      }
+      return ['read', undefined]
+    }
+    for (const status of [429, 503]) {
+      mirror.inject({ fault: { kind: 'status', status }, times: 1 })
+      expect(await failureOf()).toEqual(['busy', undefined])
+      mirror.inject({ fault: { kind: 'status', status, retryAfterSeconds: 2 }, times: 1 })
+      expect(await failureOf()).toEqual(['unavailable', 2000])
+    }
+    mirror.inject({ fault: { kind: 'status', status: 502 }, times: 1 })
+    expect(await failureOf()).toEqual(['unavailable', undefined])
+    expect(await failureOf()).toEqual(['read', undefined])
+  })
+})
