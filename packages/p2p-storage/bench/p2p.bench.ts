@@ -29,7 +29,7 @@ import { createWriteStream } from 'node:fs'
 import { mkdir, open, readFile, rm, writeFile } from 'node:fs/promises'
 import { connect } from 'node:net'
 import { cpus, tmpdir } from 'node:os'
-import { join } from 'node:path'
+import { extname, join } from 'node:path'
 import { monitorEventLoopDelay } from 'node:perf_hooks'
 import { parseArgs, promisify } from 'node:util'
 import { tuneHeapForTransfers } from '@llmesh/downloader'
@@ -119,10 +119,12 @@ interface Ready {
   peerId: string
 }
 
+/** The peers' module, beside this one: peer-child.ts, or peer-child.js in a bundle (the device kit). */
+const childModule = new URL(`./peer-child${extname(import.meta.filename)}`, import.meta.url)
+  .pathname
+
 async function startPeer(setup: Record<string, unknown>): Promise<Ready> {
-  const child = fork(new URL('./peer-child.ts', import.meta.url).pathname, [
-    JSON.stringify({ size, pieceSize, pieceIndex, ...setup }),
-  ])
+  const child = fork(childModule, [JSON.stringify({ size, pieceSize, pieceIndex, ...setup })])
   children.push(child)
   const ready = await new Promise<{ addresses: string[]; tcpPort?: number; peerId: string }>(
     (resolve) => child.once('message', resolve as never),
