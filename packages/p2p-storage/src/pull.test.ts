@@ -1,9 +1,9 @@
 import { createHash, randomBytes } from 'node:crypto'
 import { readFile, writeFile } from 'node:fs/promises'
-import { join } from 'node:path'
+import { basename, join } from 'node:path'
 import { type ByteRangeRequest, ByteSourceError } from '@llmesh/core'
 import { createDownloader, FileSource, ModelStore } from '@llmesh/downloader'
-import { createManifest } from '@llmesh/manifest'
+import { createManifest, type Manifest, type PieceIndex } from '@llmesh/manifest'
 import { createTempDir, startMirror, type TempDir, writeTinyGguf } from '@llmesh/testkit'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { createPeerNode } from './peer-node.js'
@@ -15,6 +15,32 @@ beforeAll(async () => {
 })
 afterAll(() => directory.remove())
 
+/** `file` on a mirror that sends each connection `bytesPerSecondPerConnection`, and its manifest. */
+async function mirrored(file: string, id: string, bytesPerSecondPerConnection: number) {
+  const path = basename(file)
+  const mirror = await startMirror({ files: { [`/${path}`]: file }, bytesPerSecondPerConnection })
+  const { manifest, pieceIndexes } = await createManifest({
+    files: [{ file, path, mirrors: [`${mirror.url}/${path}`] }],
+    manifest: { id: `acme/${id}`, version: '1.0.0', license: { id: 'mit' } },
+    pieceSize: 32 * 1024,
+    allowInsecureMirrors: true,
+  })
+  return { mirror, manifest, pieceIndexes }
+}
+
+/** A store that holds the manifest's file already (pulled from the file itself), as a seed's does. */
+async function storeHolding(
+  name: string,
+  { manifest, pieceIndexes }: { manifest: Manifest; pieceIndexes: PieceIndex[] },
+  file: string,
+): Promise<ModelStore> {
+  const store = await ModelStore.open({ root: join(directory.path, name) })
+  const downloader = createDownloader({ store, allowInsecureMirrors: true })
+  await downloader.pull(manifest, { pieceIndexes, sources: [new FileSource(file)] })
+  await downloader.close()
+  return store
+}
+
 describe('peers in a pull', () => {
   it('seeds every blob of its store, and one pull mixes an HTTP mirror and a peer', async () => {
     const model = await writeTinyGguf(join(directory.path, 'model.gguf'), {
@@ -23,22 +49,12 @@ describe('peers in a pull', () => {
       embeddingLength: 256,
       vocabularySize: 4096,
     })
-    await using mirror = await startMirror({
-      files: { '/model.gguf': model.path },
-      bytesPerSecondPerConnection: 256 * 1024,
-    })
-    const { manifest, pieceIndexes } = await createManifest({
-      files: [{ file: model.path, path: 'model.gguf', mirrors: [`${mirror.url}/model.gguf`] }],
-      manifest: { id: 'acme/shared', version: '1.0.0', license: { id: 'mit' } },
-      pieceSize: 32 * 1024,
-      allowInsecureMirrors: true,
-    })
+    const published = await mirrored(model.path, 'shared', 256 * 1024)
+    await using mirror = published.mirror
+    const { manifest, pieceIndexes } = published
 
     // The seed got the model earlier (from a file here) and now shares its store.
-    const seedStore = await ModelStore.open({ root: join(directory.path, 'seed-store') })
-    const seedDownloader = createDownloader({ store: seedStore, allowInsecureMirrors: true })
-    await seedDownloader.pull(manifest, { pieceIndexes, sources: [new FileSource(model.path)] })
-    await seedDownloader.close()
+    const seedStore = await storeHolding('seed-store', published, model.path)
     const seed = await createPeerNode({ store: seedStore })
 
     const store = await ModelStore.open({ root: join(directory.path, 'leecher-store') })
@@ -75,20 +91,10 @@ describe('peers in a pull', () => {
     const file = join(directory.path, 'busy-seed.bin')
     await writeFile(file, randomBytes(size))
     // A mirror far slower than the seed (8 connections of 64 KiB/s: 8 s for the file alone).
-    await using mirror = await startMirror({
-      files: { '/model.bin': file },
-      bytesPerSecondPerConnection: 64 * 1024,
-    })
-    const { manifest, pieceIndexes } = await createManifest({
-      files: [{ file, path: 'model.bin', mirrors: [`${mirror.url}/model.bin`] }],
-      manifest: { id: 'acme/busy-seed', version: '1.0.0', license: { id: 'mit' } },
-      pieceSize: 32 * 1024,
-      allowInsecureMirrors: true,
-    })
-    const seedStore = await ModelStore.open({ root: join(directory.path, 'busy-seed-store') })
-    const seedDownloader = createDownloader({ store: seedStore, allowInsecureMirrors: true })
-    await seedDownloader.pull(manifest, { pieceIndexes, sources: [new FileSource(file)] })
-    await seedDownloader.close()
+    const published = await mirrored(file, 'busy-seed', 64 * 1024)
+    await using _mirror = published.mirror
+    const { manifest, pieceIndexes } = published
+    const seedStore = await storeHolding('busy-seed-store', published, file)
     // Two uploads at once, where the pull starts with 8 requests per source: 6 "busy" answers.
     const seed = await createPeerNode({ store: seedStore, limits: { concurrentUploads: 2 } })
     const store = await ModelStore.open({ root: join(directory.path, 'busy-leecher-store') })
@@ -216,16 +222,9 @@ describe('peers in a pull', () => {
     await writeFile(file, randomBytes(size))
     // Two connections of 256 KiB/s per node (and two more for the peer): alone, a node needs
     // about 4 s for the file.
-    await using mirror = await startMirror({
-      files: { '/model.bin': file },
-      bytesPerSecondPerConnection: 256 * 1024,
-    })
-    const { manifest, pieceIndexes } = await createManifest({
-      files: [{ file, path: 'model.bin', mirrors: [`${mirror.url}/model.bin`] }],
-      manifest: { id: 'acme/pulled-together', version: '1.0.0', license: { id: 'mit' } },
-      pieceSize: 32 * 1024,
-      allowInsecureMirrors: true,
-    })
+    const published = await mirrored(file, 'pulled-together', 256 * 1024)
+    await using mirror = published.mirror
+    const { manifest, pieceIndexes } = published
     const sha256 = manifest.artifacts[0]!.sha256
     const nodes = await Promise.all(
       ['left', 'right'].map(async (name) => {
