@@ -15,6 +15,13 @@ beforeAll(async () => {
 })
 afterAll(() => directory.remove())
 
+/** A file of `size` random bytes in the test's folder. */
+async function randomFile(name: string, size: number): Promise<string> {
+  const file = join(directory.path, name)
+  await writeFile(file, randomBytes(size))
+  return file
+}
+
 /** `file` on a mirror that sends each connection `bytesPerSecondPerConnection`, and its manifest. */
 async function mirrored(file: string, id: string, bytesPerSecondPerConnection: number) {
   const path = basename(file)
@@ -88,8 +95,7 @@ describe('peers in a pull', () => {
   })
   it('keeps asking a seed at its cap on uploads, for no more pieces at once than it takes', async () => {
     const size = 4 * 1024 * 1024
-    const file = join(directory.path, 'busy-seed.bin')
-    await writeFile(file, randomBytes(size))
+    const file = await randomFile('busy-seed.bin', size)
     // A mirror far slower than the seed (8 connections of 64 KiB/s: 8 s for the file alone).
     const published = await mirrored(file, 'busy-seed', 64 * 1024)
     await using _mirror = published.mirror
@@ -129,8 +135,7 @@ describe('peers in a pull', () => {
     }
   })
   it('serves the pieces of a pull still running from a mirror, to a node that pulls from it at once', async () => {
-    const file = join(directory.path, 'shared-while-pulled.bin')
-    await writeFile(file, randomBytes(1024 * 1024))
+    const file = await randomFile('shared-while-pulled.bin', 1024 * 1024)
     // Two connections of 128 KiB/s: the first node needs about 4 s for the file.
     await using mirror = await startMirror({
       files: { '/model.bin': file },
@@ -218,8 +223,7 @@ describe('peers in a pull', () => {
   })
   it('splits the work of one mirror between two nodes that pull the same file at once', async () => {
     const size = 2 * 1024 * 1024
-    const file = join(directory.path, 'pulled-together.bin')
-    await writeFile(file, randomBytes(size))
+    const file = await randomFile('pulled-together.bin', size)
     // Two connections of 256 KiB/s per node (and two more for the peer): alone, a node needs
     // about 4 s for the file.
     const published = await mirrored(file, 'pulled-together', 256 * 1024)
