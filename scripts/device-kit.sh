@@ -32,7 +32,13 @@ set -uo pipefail
 kit=$(cd "$(dirname "$0")" && pwd)
 out=${OUT:-$kit/out}
 mkdir -p "$out" /tmp/llmesh-kit
-xz -d -c "$kit/node.xz" > /tmp/llmesh-kit/node
+# xz, or Python's lzma where xz is not installed (the device image has Python).
+if command -v xz >/dev/null; then
+  xz -d -c "$kit/node.xz" > /tmp/llmesh-kit/node
+else
+  python3 -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' \
+    "$kit/node.xz" /tmp/llmesh-kit/node
+fi
 chmod +x /tmp/llmesh-kit/node
 {
   echo "cores: $(nproc); $(grep -m1 'model name' /proc/cpuinfo); node $(/tmp/llmesh-kit/node --version)"
